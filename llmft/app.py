@@ -1,0 +1,159 @@
+"""Hydra integration: find the config tree, check overrides up front, run the command.
+
+Before Hydra starts a run (or a sweep, or a SLURM submission), every combination of the given
+overrides is composed and validated once with Hydra's compose API, so a wrong key, type, value
+or group option fails in one line with exit code 2 and no run folder is created.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from llmft.errors import EXIT_USER_ERROR, UserError
+
+MODULES = {"train": "llmft.train", "eval": "llmft.evaluate"}  # each has main(cfg, run_path)
+# Hydra flags that take a value (the next argument is not an override).
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+_PLUGIN_HINTS = {
+    "hydra/launcher": " (SLURM: pip install 'llmft[slurm]')",
+    "hydra/sweeper": " (Optuna: pip install 'llmft[sweep]')",
+}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def config_dir() -> str:
+    """The Hydra tree: packaged inside the wheel as llmft/configs, or ./configs in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"llmft's configs/ folder is missing next to {here}; reinstall llmft")
+
+
+def fail(err: UserError) -> None:
+    print(f"llmft: error: {err}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def run(command: str, args: list[str]) -> int:
+    from llmft.config import register_configs
+
+    register_configs()
+    if not any(a in _INFO_FLAGS for a in args):
+        try:
+            preflight(command, overrides_of(args))
+        except UserError as err:
+            fail(err)
+
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)
+    def entry(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        try:
+            cfg = prepare_config(command, cfg, list(hydra_cfg.overrides.task))
+            from llmft.config import validate
+
+            validate(cfg)
+            module = importlib.import_module(MODULES[command])
+            return module.main(cfg, hydra_cfg.runtime.output_dir)
+        except UserError as err:
+            fail(err)
+
+    sys.argv = [f"llmft-{command}", *args]
+    entry()
+    return 0
+
+
+def overrides_of(args: list[str]) -> list[str]:
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUE_FLAGS
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def preflight(command: str, overrides: list[str]) -> None:
+    """Compose and validate every sweep value once; raise UserError on the first problem."""
+    from hydra import compose, initialize_config_dir
+
+    from llmft.config import validate
+
+    for combo in _combinations(overrides):
+        with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
+            try:
+                cfg = compose(command, overrides=combo)
+            except Exception as err:  # Hydra's and OmegaConf's composition errors
+                raise UserError(explain(err)) from None
+        validate(prepare_config(command, cfg, combo))
+
+
+def prepare_config(command: str, cfg, overrides: list[str]):
+    """Command-specific completion of the composed config (eval: the run's own data config)."""
+    if command == "eval":
+        from llmft.evaluate import use_run_data
+
+        return use_run_data(cfg, overrides)
+    return cfg
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """The first value of every sweep, then each other value of each sweep in turn."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise UserError(explain(err)) from None
+    choices = []
+    for override, text in zip(parsed, overrides):
+        key = text.split("=", 1)[0]
+        if not override.is_sweep_override():
+            choices.append([text])
+        elif isinstance(override.value(), Glob):  # experiment=glob(*): the group's options
+            group = Path(config_dir()) / override.key_or_group
+            names = sorted(p.stem for p in group.glob("*.yaml"))
+            choices.append([f"{key}={v}" for v in override.value().filter(names)])
+        elif override.is_discrete_sweep():
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:  # interval(...) for an optimizing sweeper: any value in it has the same type
+            choices.append([])
+    first = [c[0] for c in choices if c]
+    combos = [first]
+    for i, options in enumerate(choices):
+        for option in options[1:]:
+            combos.append([option if j == i else c[0] for j, c in enumerate(choices) if c])
+    return combos
+
+
+def explain(err: Exception) -> str:
+    """One line from a Hydra/OmegaConf error: the key, what is wrong, the options or the fix."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group = (err.missing_cfg_file or "").rsplit("/", 1)
+        name = group[-1]
+        group_name = group[0] if len(group) > 1 else "config"
+        options = sorted(o for o in err.options if not o.endswith("_schema"))
+        hint = _PLUGIN_HINTS.get(group_name, "")
+        return f"{group_name}={name}: no such option; available: {', '.join(options)}{hint}"
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    full_key = getattr(cause, "full_key", None)
+    message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if full_key:
+        if "not in" in message or "not found" in message:
+            parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the config"
+            return f"{full_key}: no such key in {parent} (check the spelling; `llmft train --cfg job` shows every key)"
+        return f"{full_key}: {message}"
+    return " ".join(str(err).split())[:300]

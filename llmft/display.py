@@ -1,0 +1,47 @@
+"""What the terminal shows: the composed config at start, a results table at the end."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console(stderr=False)
+
+
+def print_config(cfg, groups=("model", "data", "strategy", "hardware", "logger", "train")) -> None:
+    from omegaconf import OmegaConf
+
+    tree = Tree("config", guide_style="dim")
+    for group in [g for g in groups if g in cfg] + [k for k in cfg if k not in groups]:
+        node = cfg[group]
+        if not OmegaConf.is_config(node):
+            tree.add(f"[bold]{group}[/bold]: {node}")
+            continue
+        text = OmegaConf.to_yaml(node, resolve=True).rstrip()
+        tree.add(f"[bold]{group}[/bold]").add(Syntax(text, "yaml", background_color="default"))
+    console.print(tree)
+
+
+def print_results(results: dict) -> None:
+    metrics = {k: v for k, v in results["eval"].items() if isinstance(v, (int, float))}
+    table = Table(title=f"results: {results['run_dir']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(f"eval {name}", _fmt(value))
+    for name, value in results.get("baseline", {}).items():
+        table.add_row(f"baseline {name}", _fmt(value))
+    train = results.get("train")
+    if train:
+        table.add_row("train runtime", f"{train['runtime_s']:.1f} s")
+        table.add_row("train tokens/s", f"{train['tokens_per_s']:.0f}")
+    params = results.get("params")
+    if params:
+        table.add_row("trainable params", f"{params['trainable']:,} ({params['trainable_pct']:.2f} %)")
+    table.add_row("eval examples", str(results["num_eval_examples"]))
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

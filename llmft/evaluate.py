@@ -1,0 +1,91 @@
+"""Evaluation: predict a split, score it, and the ``llmft eval`` command for saved models.
+
+    model_dir/llmft.json -> task -> data (the run's own data config unless overridden)
+        -> model or adapter -> predict -> predictions.jsonl, results.json (last)
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def predict_split(trainer, tokenized, raw, task) -> tuple[dict, list[dict]]:
+    """Metrics and one prediction record per example, from ``trainer.predict`` (batched, with a bar)."""
+    output = trainer.predict(tokenized, metric_key_prefix="eval")
+    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    metrics = task.metrics(predictions, output.label_ids)
+    if "eval_loss" in output.metrics:
+        metrics["loss"] = round(output.metrics["eval_loss"], 5)
+    return metrics, task.prediction_records(raw, predictions)
+
+
+def memory_figures() -> dict:
+    """Peak memory of this process: resident set on the CPU, allocated memory on a GPU."""
+    figures = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return figures
+
+
+def _overrides_data(overrides: list[str]) -> bool:
+    return any(o.lstrip("+~").startswith("data") for o in overrides)
+
+
+def use_run_data(cfg, overrides: list[str]):
+    """Use the data config the run trained with, unless the command line names one."""
+    from omegaconf import OmegaConf, open_dict
+
+    run_config = Path(cfg.model_dir) / ".." / "config.yaml"
+    if _overrides_data(overrides) or not run_config.is_file():
+        return cfg
+    trained = OmegaConf.load(run_config)
+    if "data" in trained:
+        with open_dict(cfg):
+            cfg.data = OmegaConf.merge(cfg.data, trained.data)
+    return cfg
+
+
+def main(cfg, run_path: str | Path) -> dict:
+    from llmft.data import load_splits
+    from llmft.display import print_config, print_results
+    from llmft.models import load_saved, read_metadata
+    from llmft.run_dir import RunDir
+    from llmft.tasks import TASKS
+    from llmft.trainer import build_trainer, eval_arguments
+
+    started = time.perf_counter()
+    run = RunDir(run_path)
+    run.start(cfg)
+    if cfg.print_config:
+        print_config(cfg, groups=("model_dir", "data", "hardware"))
+
+    model_dir = Path(cfg.model_dir)
+    meta = read_metadata(model_dir)
+    task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
+    splits = load_splits(cfg.data, task)
+    model, tokenizer = load_saved(model_dir, task, meta)
+    eval_set = task.tokenize(splits["eval"], tokenizer)
+
+    trainer = build_trainer(eval_arguments(run.path / "tmp", cfg.batch_size, cfg.hardware), model, tokenizer, task)
+    metrics, records = predict_split(trainer, eval_set, splits["eval"], task)
+    results = {
+        "status": "completed",
+        "run_dir": str(run.path),
+        "model_dir": str(model_dir.resolve()),
+        "task": task.name,
+        "data": cfg.data.name,
+        "strategy": meta.get("strategy"),
+        "primary_metric": task.primary_metric,
+        "num_eval_examples": len(eval_set),
+        "eval": metrics,
+        "baseline": task.baseline(splits["train"], splits["eval"]) if "train" in splits else {},
+        "memory": memory_figures(),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    run.write_predictions(records)
+    run.write_results(results)
+    print_results(results)
+    return results

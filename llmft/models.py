@@ -1,0 +1,95 @@
+"""Load a backbone + tokenizer for a task, save the trained result, and load it back.
+
+``model/`` is always a standard folder: a full HF model (config + safetensors + tokenizer) or a
+PEFT adapter (adapter_config.json + adapter_model.safetensors + tokenizer), plus ``llmft.json``
+(task, labels, strategy, base model) so ``llmft eval`` can rebuild the task without the run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from llmft.errors import UserError
+from llmft.paths import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+META_FILE = "llmft.json"
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, pad_token_fallback: str = "eos"):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UserError(f"model.name_or_path={path}: cannot load a tokenizer ({_first_line(err)})") from None
+    if tokenizer.pad_token is None and pad_token_fallback == "eos" and tokenizer.eos_token:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without a pad token
+    return tokenizer
+
+
+def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, **load_kwargs):
+    import transformers
+
+    auto = getattr(transformers, task.auto_model)
+    try:
+        model = auto.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **task.model_kwargs(), **load_kwargs
+        )
+    except OSError as err:
+        raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # e.g. Llama heads find the last token by it
+    return model
+
+
+def load_backbone(model_cfg, task, **load_kwargs):
+    """Tokenizer and model for a model config (the start of a training run)."""
+    path = resolve_model_path(model_cfg.name_or_path)
+    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback)
+    model = load_model(path, task, tokenizer, model_cfg.trust_remote_code, **load_kwargs)
+    return model, tokenizer
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 4)}
+
+
+def save_model(trainer, tokenizer, model_dir: Path, meta: dict) -> None:
+    """Save through the Trainer (it handles PEFT and distributed saving), then the metadata."""
+    trainer.save_model(str(model_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(model_dir))
+        (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_metadata(model_dir: Path) -> dict:
+    meta_path = model_dir / META_FILE
+    if not model_dir.is_dir():
+        raise UserError(f"model_dir={model_dir}: no such folder")
+    if not meta_path.is_file():
+        raise UserError(f"model_dir={model_dir}: no {META_FILE}; point model_dir at a run's model/ folder")
+    return json.loads(meta_path.read_text())
+
+
+def load_saved(model_dir: Path, task, meta: dict):
+    """A saved run's model (full or adapter on its base) and tokenizer, ready to predict."""
+    trust = meta.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(str(model_dir), trust)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_model(meta["base_model"], task, tokenizer, trust)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = load_model(str(model_dir), task, tokenizer, trust)
+    return model.eval(), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

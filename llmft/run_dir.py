@@ -1,0 +1,66 @@
+"""The run folder: every run leaves one that describes itself.
+
+    config.yaml         the resolved config (Hydra's own composed config is in .hydra/)
+    metrics.jsonl       one line per logged training step, whatever the logger
+    predictions.jsonl   one line per eval example: input, gold label, prediction
+    results.json        eval metrics, baseline, train figures, parameter counts; written last,
+                        atomically: a run without it did not complete
+    model/              the trained model or adapter (see models.py)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+RESULTS = "results.json"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.model_dir = self.path / "model"
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.results_file = self.path / RESULTS
+
+    def start(self, cfg) -> None:
+        """Forget results of an earlier run in the same folder, then write the config."""
+        from omegaconf import OmegaConf
+
+        self.results_file.unlink(missing_ok=True)
+        self.metrics_file.unlink(missing_ok=True)
+        _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_predictions(self, records: list[dict]) -> None:
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        _atomic_write(self.path / "predictions.jsonl", lines)
+
+    def write_results(self, results: dict) -> None:
+        _atomic_write(self.results_file, json.dumps(results, indent=2) + "\n")
+
+    def metrics_callback(self) -> "MetricsLog":
+        return MetricsLog(self.metrics_file)
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every Trainer log (loss, lr, grad norm, ...) to metrics.jsonl on the main process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

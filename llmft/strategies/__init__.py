@@ -1,0 +1,26 @@
+"""Fine-tuning strategies: one module per ``+strategy=NAME``, named like its YAML.
+
+A strategy module defines its schema (a ``StrategyConfig`` dataclass) and a ``Strategy``
+subclass; adding a strategy is one YAML in ``configs/strategy/`` plus one module here.
+Modules import only light things at the top (configs are composed before torch loads).
+"""
+from __future__ import annotations
+
+from llmft.strategies.base import STRATEGIES, Strategy
+
+
+def strategy_names() -> list[str]:
+    return STRATEGIES.names()
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    return STRATEGIES.get(name)
+
+
+def strategy_configs() -> dict:
+    """Every strategy's schema by name (for the ConfigStore)."""
+    return {name: strategy_class(name).config for name in strategy_names()}
+
+
+def build_strategy(cfg, task) -> Strategy:
+    return strategy_class(cfg.name)(cfg, task)

@@ -1,0 +1,131 @@
+"""Sequence classification: text (or a text pair) -> one label. Metrics from scikit-learn."""
+from __future__ import annotations
+
+from collections import Counter
+
+from llmft.errors import UserError
+from llmft.tasks.base import Task
+
+LABEL_COLUMN = "labels"  # the column name HF models read the targets from
+
+
+class Classification(Task):
+    name = "classification"
+    auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    primary_metric = "accuracy"
+    stratify_column = LABEL_COLUMN
+
+    def __init__(self, data_cfg, labels: list[str] | None = None):
+        super().__init__(data_cfg)
+        self.labels = list(labels or data_cfg.labels or []) or None
+
+    def required_columns(self) -> list[str]:
+        d = self.data_cfg
+        return [c for c in (d.text_column, d.text_pair_column, d.label_column) if c]
+
+    # ------------------------------------------------------------------ data
+    def encode(self, dataset, source: str, is_train: bool):
+        d = self.data_cfg
+        values = [None if v is None else str(v).strip() for v in dataset[d.label_column]]
+        if self.labels is None:
+            if not is_train:
+                raise UserError("data.labels: cannot infer the label set without a train split")
+            self.labels = sorted({v for v in values if v is not None})
+        index = {name: i for i, name in enumerate(self.labels)}
+        for row, value in enumerate(values):
+            if value not in index:
+                raise UserError(
+                    f"{source}: row {row + 1}: label {value!r} in column '{d.label_column}' is not "
+                    f"one of {self.labels} (set data.labels to the full label set)"
+                )
+        for column in (d.text_column, d.text_pair_column):
+            if column:
+                texts = dataset[column]
+                bad = next((i for i, t in enumerate(texts) if t is None), None)
+                if bad is not None:
+                    raise UserError(f"{source}: row {bad + 1}: column '{column}' is empty")
+
+        from datasets import ClassLabel
+
+        ids = [index[v] for v in values]
+        dataset = dataset.add_column(LABEL_COLUMN, ids)
+        return dataset.cast_column(LABEL_COLUMN, ClassLabel(names=self.labels))
+
+    def model_kwargs(self) -> dict:
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {name: i for i, name in enumerate(self.labels)},
+        }
+
+    def tokenize(self, dataset, tokenizer):
+        d = self.data_cfg
+
+        def encode_batch(batch):
+            pair = batch[d.text_pair_column] if d.text_pair_column else None
+            return tokenizer(batch[d.text_column], pair, truncation=True, max_length=d.max_length)
+
+        keep = {LABEL_COLUMN}
+        return dataset.map(
+            encode_batch,
+            batched=True,
+            remove_columns=[c for c in dataset.column_names if c not in keep],
+            desc="tokenize",
+        )
+
+    # --------------------------------------------------------------- results
+    def metrics(self, predictions, label_ids) -> dict:
+        from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+        predicted = predictions.argmax(-1)
+        ids = list(range(len(self.labels)))
+        report = classification_report(
+            label_ids, predicted, labels=ids, target_names=self.labels, output_dict=True,
+            zero_division=0,
+        )
+        per_class = {
+            name: {"precision": round(report[name]["precision"], 4), "recall": round(report[name]["recall"], 4),
+                   "f1": round(report[name]["f1-score"], 4), "support": int(report[name]["support"])}
+            for name in self.labels
+        }
+        return {
+            "accuracy": float(accuracy_score(label_ids, predicted)),
+            "macro_f1": float(f1_score(label_ids, predicted, labels=ids, average="macro", zero_division=0)),
+            "per_class": per_class,
+        }
+
+    def baseline(self, train, eval_split) -> dict:
+        majority, _ = Counter(train[LABEL_COLUMN]).most_common(1)[0]
+        gold = eval_split[LABEL_COLUMN]
+        return {
+            "majority_label": self.labels[majority],
+            "majority_accuracy": sum(1 for g in gold if g == majority) / max(len(gold), 1),
+        }
+
+    def prediction_records(self, dataset, predictions) -> list[dict]:
+        import numpy as np
+
+        d = self.data_cfg
+        shifted = predictions - predictions.max(-1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+        records = []
+        for i, row in enumerate(dataset):
+            record = {"text": row[d.text_column]}
+            if d.text_pair_column:
+                record["text_pair"] = row[d.text_pair_column]
+            best = int(probs[i].argmax())
+            record.update(
+                label=self.labels[row[LABEL_COLUMN]],
+                prediction=self.labels[best],
+                confidence=round(float(probs[i][best]), 4),
+            )
+            records.append(record)
+        return records
+
+    def metadata(self) -> dict:
+        return {"task": self.name, "labels": self.labels}
+
+    @classmethod
+    def from_metadata(cls, data_cfg, meta: dict) -> "Classification":
+        return cls(data_cfg, labels=meta["labels"])

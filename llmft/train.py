@@ -1,0 +1,94 @@
+"""The training recipe, top to bottom:
+
+    seed -> task -> strategy -> data -> model -> strategy.apply -> Trainer -> train -> save
+         -> evaluate on the held-out split -> predictions.jsonl, results.json (last)
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from llmft.data import load_splits
+from llmft.display import print_config, print_results
+from llmft.evaluate import memory_figures, predict_split
+from llmft.models import count_parameters, load_backbone, save_model
+from llmft.paths import resolve_model_path
+from llmft.run_dir import RunDir
+from llmft.strategies import build_strategy
+from llmft.tasks import build_task
+from llmft.trainer import build_trainer, finish_tracker, start_tracker, training_arguments
+
+
+def main(cfg, run_path: str | Path, callbacks=()) -> dict:
+    started = time.perf_counter()
+    run = RunDir(run_path)
+    run.start(cfg)
+    if cfg.print_config:
+        print_config(cfg)
+
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    task = build_task(cfg.data)
+    strategy = build_strategy(cfg.strategy, task)
+    splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
+
+    model, tokenizer = load_backbone(cfg.model, task, **strategy.model_load_kwargs())
+    model = strategy.apply(model)
+    params = count_parameters(model)
+    train_set = task.tokenize(splits["train"], tokenizer)
+    eval_set = task.tokenize(splits["eval"], tokenizer)
+
+    results = None
+    report_to = start_tracker(cfg, run.path)
+    try:
+        args = training_arguments(cfg, run.checkpoints, report_to)
+        trainer = build_trainer(
+            args, model, tokenizer, task, train_set,
+            callbacks=[run.metrics_callback(), *strategy.callbacks(), *callbacks],
+        )
+        trained = trainer.train()
+        save_model(trainer, tokenizer, run.model_dir, meta={
+            **task.metadata(),
+            "strategy": cfg.strategy.name,
+            "base_model": resolve_model_path(cfg.model.name_or_path),
+            "trust_remote_code": cfg.model.trust_remote_code,
+        })
+
+        metrics, records = predict_split(trainer, eval_set, splits["eval"], task)
+        runtime = trained.metrics["train_runtime"]
+        tokens = trainer.state.num_input_tokens_seen
+        results = {
+            "status": "completed",
+            "run_dir": str(run.path),
+            "experiment": cfg.experiment,
+            "task": task.name,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "strategy": cfg.strategy.name,
+            "seed": cfg.seed,
+            "primary_metric": task.primary_metric,
+            "num_train_examples": len(train_set),
+            "num_eval_examples": len(eval_set),
+            "eval": metrics,
+            "baseline": task.baseline(splits["train"], splits["eval"]),
+            "train": {
+                "runtime_s": round(runtime, 2),
+                "steps": trainer.state.global_step,
+                "epochs": round(trainer.state.epoch or 0.0, 4),
+                "final_loss": round(trained.training_loss, 4),
+                "samples_per_s": round(trained.metrics["train_samples_per_second"], 2),
+                "tokens_seen": int(tokens),
+                "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
+                **memory_figures(),
+            },
+            "params": params,
+            "wall_time_s": round(time.perf_counter() - started, 1),
+        }
+        if trainer.is_world_process_zero():
+            run.write_predictions(records)
+            run.write_results(results)  # last: its presence means the run completed
+    finally:
+        finish_tracker(results)
+    print_results(results)
+    return results

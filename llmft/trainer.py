@@ -1,0 +1,117 @@
+"""Assemble the HF Trainer from a run config: TrainingArguments, callbacks, the tracker.
+
+The config's names map onto TrainingArguments here and nowhere else. The hardware config
+decides the device and precision; the DeepSpeed config it will render plugs into
+``TrainingArguments(deepspeed=...)`` at the marked line.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llmft.errors import UserError
+
+
+def use_cpu(hardware) -> bool:
+    import torch
+
+    if hardware.accelerator == "cuda" and not torch.cuda.is_available():
+        raise UserError("hardware.accelerator=cuda but no CUDA device is visible; use hardware=cpu")
+    return hardware.accelerator == "cpu" or not torch.cuda.is_available()
+
+
+def precision_flags(hardware) -> dict:
+    return {"bf16": hardware.precision == "bf16", "fp16": hardware.precision == "fp16"}
+
+
+def training_arguments(cfg, output_dir: Path, report_to: list[str]):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or 2 * t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type=t.lr_scheduler,
+        logging_steps=t.logging_steps,
+        save_strategy="no",  # the final model is saved by the recipe
+        eval_strategy="no",
+        report_to=report_to,
+        run_name=cfg.get("experiment") or cfg.strategy.name,
+        use_cpu=use_cpu(cfg.hardware),
+        **precision_flags(cfg.hardware),
+        dataloader_num_workers=cfg.hardware.dataloader_workers,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+        # deepspeed=<rendered from cfg.hardware> goes here (ZeRO stages).
+    )
+
+
+def eval_arguments(output_dir: Path, batch_size: int, hardware):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_eval_batch_size=batch_size,
+        report_to="none",
+        use_cpu=use_cpu(hardware),
+        **precision_flags(hardware),
+        dataloader_num_workers=hardware.dataloader_workers,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()):
+    from transformers import Trainer
+
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=task.collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+
+
+def start_tracker(cfg, run_path: Path) -> list[str]:
+    """Open the experiment tracker for this run; returns the Trainer's ``report_to``."""
+    if cfg.logger.name != "wandb":
+        return []
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("logger=wandb needs the wandb package: pip install wandb") from None
+    from omegaconf import OmegaConf
+
+    os.environ["WANDB_MODE"] = cfg.logger.mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        tags=list(cfg.logger.tags),
+        name=cfg.get("experiment") or cfg.strategy.name,
+        dir=str(run_path),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )  # the Trainer's WandbCallback finds this run and logs into it
+    return ["wandb"]
+
+
+def finish_tracker(results: dict | None) -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    if results is not None:
+        wandb.run.summary.update({f"final/{k}": v for k, v in results["eval"].items()
+                                  if isinstance(v, (int, float))})
+    wandb.finish(exit_code=0 if results is not None else 1)
