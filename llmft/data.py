@@ -70,6 +70,8 @@ def _read_file(path: Path, cfg, key: str):
     if builder is None:
         raise UserError(f"data.{key}: cannot tell the format of {path.name}; set data.format=csv or json")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if not _has_rows(path, header=builder == "csv"):
+        raise UserError(f"{path}: the file has no rows (data.{key})")
     try:
         return load_dataset(builder, data_files=str(path), split="train", encoding=cfg.encoding, **kwargs)
     except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
@@ -81,6 +83,17 @@ def _read_file(path: Path, cfg, key: str):
             ) from None
         reason = str(_find_cause(err, Exception, last=True)).splitlines()[0][:200]
         raise UserError(f"data.{key}: cannot read {path} as {builder}: {reason}") from None
+
+
+def _has_rows(path: Path, header: bool) -> bool:
+    """At least one data line (after the header for CSV); reads only the first lines."""
+    needed = 2 if header else 1
+    with path.open("rb") as f:
+        for line in f:
+            needed -= bool(line.strip())
+            if needed == 0:
+                return True
+    return False
 
 
 def _read_hub(cfg) -> dict:
