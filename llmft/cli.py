@@ -15,7 +15,7 @@ commands:
 {chr(10).join(f"  {name:<6} {text}" for name, text in COMMANDS.items())}
 
 With no overrides, `llmft train` runs the default experiment: full fine-tuning of MiniLM-L6 on
-8,000 sentiment-labelled tweets, evaluated on 1,908 held-out ones (a few minutes on a CPU).
+12,000 sentiment-labelled tweets, evaluated on 1,908 held-out ones (a few minutes on a CPU).
 
 overrides (Hydra syntax):
   model=minilm|hf  data=tweet_sentiment|csv|hub  +strategy=full|lora (or strategy=...)

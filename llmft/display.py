@@ -30,7 +30,11 @@ def print_results(results: dict) -> None:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(f"eval {name}", _fmt(value))
-    for name, value in results.get("baseline", {}).items():
+    baseline = dict(results.get("baseline", {}))
+    if "majority_accuracy" in baseline:
+        label = baseline.pop("majority_label", "?")
+        table.add_row(f"majority-class baseline accuracy (always '{label}')", _fmt(baseline.pop("majority_accuracy")))
+    for name, value in baseline.items():
         table.add_row(f"baseline {name}", _fmt(value))
     train = results.get("train")
     if train:

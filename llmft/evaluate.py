@@ -30,21 +30,22 @@ def memory_figures() -> dict:
     return figures
 
 
-def _overrides_data(overrides: list[str]) -> bool:
-    return any(o.lstrip("+~").startswith("data") for o in overrides)
-
-
 def use_run_data(cfg, overrides: list[str]):
-    """Use the data config the run trained with, unless the command line names one."""
+    """The data config the run trained with, plus any ``data.KEY=VALUE`` from the command line.
+
+    ``data=NAME`` on the command line means another data set: the composed one is kept as is.
+    """
     from omegaconf import OmegaConf, open_dict
 
     run_config = Path(cfg.model_dir) / ".." / "config.yaml"
-    if _overrides_data(overrides) or not run_config.is_file():
+    if any(o.lstrip("+~").startswith("data=") for o in overrides) or not run_config.is_file():
         return cfg
     trained = OmegaConf.load(run_config)
-    if "data" in trained:
-        with open_dict(cfg):
-            cfg.data = OmegaConf.merge(cfg.data, trained.data)
+    if "data" not in trained:
+        return cfg
+    keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("data.")]
+    with open_dict(cfg):
+        cfg.data = OmegaConf.merge(cfg.data, trained.data, OmegaConf.from_dotlist(keys).get("data", {}))
     return cfg
 
 
@@ -69,7 +70,7 @@ def main(cfg, run_path: str | Path) -> dict:
     model, tokenizer = load_saved(model_dir, task, meta)
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
-    trainer = build_trainer(eval_arguments(run.path / "tmp", cfg.batch_size, cfg.hardware), model, tokenizer, task)
+    trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)
     metrics, records = predict_split(trainer, eval_set, splits["eval"], task)
     results = {
         "status": "completed",

@@ -40,6 +40,9 @@ class RunDir:
         _atomic_write(self.path / "predictions.jsonl", lines)
 
     def write_results(self, results: dict) -> None:
+        """The last write of a run. Also drops the Trainer's output folder if nothing was saved there."""
+        if self.checkpoints.is_dir() and not any(self.checkpoints.iterdir()):
+            self.checkpoints.rmdir()
         _atomic_write(self.results_file, json.dumps(results, indent=2) + "\n")
 
     def metrics_callback(self) -> "MetricsLog":

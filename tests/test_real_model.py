@@ -22,7 +22,7 @@ def test_default_experiment_learns_on_real_data(tmp_path):
     baseline = results["baseline"]["majority_accuracy"]
     assert 0.38 < baseline < 0.46  # negative is ~42 % of the tweets
     assert results["eval"]["accuracy"] > baseline + 0.08, results["eval"]
-    assert "eval accuracy" in proc.stdout and "majority_accuracy" in proc.stdout
+    assert "eval accuracy" in proc.stdout and "majority-class baseline" in proc.stdout
     assert len(read_jsonl(run_dir / "predictions.jsonl")) == 400
 
 

@@ -74,6 +74,14 @@ def test_eval_reproduces_the_run_and_the_adapter_reloads_through_peft(tmp_path, 
     assert evaluated["eval"]["macro_f1"] == pytest.approx(trained["eval"]["macro_f1"])
     assert evaluated["num_eval_examples"] == trained["num_eval_examples"]
     assert read_jsonl(eval_dir / "predictions.jsonl") == read_jsonl(run_dir / "predictions.jsonl")
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
+        "config.yaml", "metrics.jsonl", "model", "predictions.jsonl", "results.json", "train.log"]
+
+    # A data.KEY override applies on top of the run's data config.
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", "data.max_eval_samples=10",
+                   f"hydra.run.dir={tmp_path / 'eval10'}", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(tmp_path / "eval10")["num_eval_examples"] == 10
 
     # The adapter loads with plain PEFT on the base model and predicts what predictions.jsonl says.
     from peft import PeftModel
@@ -111,6 +119,22 @@ def test_jsonl_data_and_seeded_split(tmp_path, tiny_data, tiny_bert):
     results = read_results(run_dir)
     assert results["num_eval_examples"] == 24 and results["num_train_examples"] == 72
     assert results["train"]["steps"] == 3
+
+
+def test_hub_style_dataset_folder(tmp_path, tiny_data, tiny_bert):
+    """data=hub goes through datasets.load_dataset(name): a hub id online, or a folder of split files."""
+    import shutil
+
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    shutil.copy(tiny_data["train"], folder / "train.csv")
+    shutil.copy(tiny_data["eval"], folder / "test.csv")
+    run_dir = tmp_path / "run"
+    args = [a for a in tiny_train_args(tiny_bert, tiny_data, run_dir) if not a.startswith("data")]
+    proc = run_cli("train", *args, "data=hub", f"data.hub_name={folder}", "train.max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["num_train_examples"] == 96 and results["num_eval_examples"] == 30
 
 
 def test_wandb_offline_run_is_written(tmp_path, tiny_data, tiny_bert):
