@@ -90,6 +90,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lr_scheduler: str = "linear"  # any transformers SchedulerType name
     logging_steps: int = 10
+    save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
+    save_total_limit: int = 2  # checkpoints kept (the newest)
+    resume: bool = True  # a rerun in the same run folder resumes from its newest checkpoint
 
 
 @dataclass
@@ -191,6 +194,8 @@ def _validate_train(t) -> None:
     _require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {t.weight_decay})")
     _require(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 turns clipping off)")
     _require(t.logging_steps >= 1, "train.logging_steps", "must be >= 1")
+    _require(t.save_steps >= 0, "train.save_steps", "must be >= 0 (0: no intermediate checkpoints)")
+    _require(t.save_total_limit >= 1, "train.save_total_limit", "must be >= 1")
     _check_scheduler(t.lr_scheduler)
 
 

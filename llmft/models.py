@@ -59,9 +59,10 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 4)}
 
 
-def save_model(trainer, tokenizer, model_dir: Path, meta: dict) -> None:
-    """Save through the Trainer (it handles PEFT and distributed saving), then the metadata."""
-    trainer.save_model(str(model_dir))
+def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> None:
+    """Save as the strategy says (by default through the Trainer, which handles PEFT and
+    distributed saving), then the tokenizer and the metadata."""
+    strategy.save(trainer, model_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(model_dir))
         (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -77,16 +78,11 @@ def read_metadata(model_dir: Path) -> dict:
 
 
 def load_saved(model_dir: Path, task, meta: dict):
-    """A saved run's model (full or adapter on its base) and tokenizer, ready to predict."""
-    trust = meta.get("trust_remote_code", False)
-    tokenizer = load_tokenizer(str(model_dir), trust)
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
+    """A saved run's model and tokenizer, ready to predict; the strategy knows its format."""
+    from llmft.strategies import strategy_class
 
-        base = load_model(meta["base_model"], task, tokenizer, trust)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        model = load_model(str(model_dir), task, tokenizer, trust)
+    tokenizer = load_tokenizer(str(model_dir), meta.get("trust_remote_code", False))
+    model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
     return model.eval(), tokenizer
 
 

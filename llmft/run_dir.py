@@ -6,6 +6,8 @@
     results.json        eval metrics, baseline, train figures, parameter counts; written last,
                         atomically: a run without it did not complete
     model/              the trained model or adapter (see models.py)
+    checkpoints/        checkpoint-N every train.save_steps (a rerun in this folder resumes
+                        from the newest complete one)
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 RESULTS = "results.json"
+CHECKPOINT_DONE = ".complete"
 
 
 class RunDir:
@@ -27,13 +30,25 @@ class RunDir:
         self.metrics_file = self.path / "metrics.jsonl"
         self.results_file = self.path / RESULTS
 
-    def start(self, cfg) -> None:
-        """Forget results of an earlier run in the same folder, then write the config."""
+    def start(self, cfg, resume_step: int = 0) -> None:
+        """Forget results of an earlier run in the same folder (keeping the metrics logged up to
+        the checkpoint a resumed run starts from), then write the config."""
         from omegaconf import OmegaConf
 
         self.results_file.unlink(missing_ok=True)
-        self.metrics_file.unlink(missing_ok=True)
+        kept = ""
+        if resume_step and self.metrics_file.is_file():
+            lines = self.metrics_file.read_text().splitlines(keepends=True)
+            kept = "".join(line for line in lines if json.loads(line).get("step", 0) <= resume_step)
+        _atomic_write(self.metrics_file, kept)
         _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that finished saving (a kill mid-save leaves no marker)."""
+        if not self.checkpoints.is_dir():
+            return None
+        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / CHECKPOINT_DONE).is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
     def write_predictions(self, records: list[dict]) -> None:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -45,8 +60,8 @@ class RunDir:
             self.checkpoints.rmdir()
         _atomic_write(self.results_file, json.dumps(results, indent=2) + "\n")
 
-    def metrics_callback(self) -> "MetricsLog":
-        return MetricsLog(self.metrics_file)
+    def callbacks(self) -> list:
+        return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints()]
 
 
 class MetricsLog(TrainerCallback):
@@ -61,6 +76,16 @@ class MetricsLog(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it (on_save comes after)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / CHECKPOINT_DONE).touch()
 
 
 def _atomic_write(path: Path, text: str) -> None:

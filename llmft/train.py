@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,11 +19,15 @@ from llmft.strategies import build_strategy
 from llmft.tasks import build_task
 from llmft.trainer import build_trainer, finish_tracker, start_tracker, training_arguments
 
+log = logging.getLogger(__name__)
+
 
 def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     started = time.perf_counter()
     run = RunDir(run_path)
-    run.start(cfg)
+    resume_from = run.latest_checkpoint() if cfg.train.resume else None
+    resume_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    run.start(cfg, resume_step)
     if cfg.print_config:
         print_config(cfg)
 
@@ -30,7 +35,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
 
     set_seed(cfg.seed)
     task = build_task(cfg.data)
-    strategy = build_strategy(cfg.strategy, task)
+    strategy = build_strategy(cfg, task)
     splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
 
     model, tokenizer = load_backbone(cfg.model, task, **strategy.model_load_kwargs())
@@ -45,11 +50,15 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         args = training_arguments(cfg, run.checkpoints, report_to)
         trainer = build_trainer(
             args, model, tokenizer, task, train_set,
-            callbacks=[run.metrics_callback(), *strategy.callbacks(), *callbacks],
+            callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks],
+            param_groups=strategy.param_groups(model),
         )
-        trained = trainer.train()
-        save_model(trainer, tokenizer, run.model_dir, meta={
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        save_model(trainer, strategy, tokenizer, run.model_dir, meta={
             **task.metadata(),
+            **strategy.metadata(),
             "strategy": cfg.strategy.name,
             "base_model": resolve_model_path(cfg.model.name_or_path),
             "trust_remote_code": cfg.model.trust_remote_code,
@@ -74,6 +83,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "baseline": task.baseline(splits["train"], splits["eval"]),
             "train": {
                 "runtime_s": round(runtime, 2),
+                "resumed_from_step": resume_step,
                 "steps": trainer.state.global_step,
                 "epochs": round(trainer.state.epoch or 0.0, 4),
                 "final_loss": round(trained.training_loss, 4),
@@ -83,6 +93,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
                 **memory_figures(),
             },
             "params": params,
+            "strategy_report": strategy.report(),
             "wall_time_s": round(time.perf_counter() - started, 1),
         }
         if trainer.is_world_process_zero():

@@ -42,7 +42,9 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str]):
         max_grad_norm=t.max_grad_norm,
         lr_scheduler_type=t.lr_scheduler,
         logging_steps=t.logging_steps,
-        save_strategy="no",  # the final model is saved by the recipe
+        save_strategy="steps" if t.save_steps > 0 else "no",  # the final model: the recipe saves it
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         eval_strategy="no",
         report_to=report_to,
         run_name=cfg.get("experiment") or cfg.strategy.name,
@@ -69,17 +71,54 @@ def eval_arguments(output_dir: Path, batch_size: int, hardware):
     )
 
 
-def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()):
-    from transformers import Trainer
+def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=(), param_groups=None):
+    """The HF Trainer; with ``param_groups`` (from the strategy) its optimizer gets those groups."""
+    from transformers import Trainer, TrainerCallback
 
-    return Trainer(
+    class LlmftTrainer(Trainer):
+        def create_optimizer(self, model=None):
+            if param_groups is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            model = self.model if model is None else model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(optimizer_groups(self, model, param_groups), **kwargs)
+            return self.optimizer
+
+    class GroupLearningRates(TrainerCallback):
+        """Logs the applied learning rate of every named optimizer group as lr/<name>."""
+
+        def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+            if logs is not None and optimizer is not None and "loss" in logs:
+                for group in optimizer.param_groups:
+                    logs.setdefault(f"lr/{group['name']}", group["lr"])
+
+    extra = [GroupLearningRates()] if param_groups is not None else []
+    return LlmftTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*extra, *callbacks],
     )
+
+
+def optimizer_groups(trainer, model, groups: list[dict]) -> list[dict]:
+    """Strategy groups (names + lr scale) -> torch groups, split by the Trainer's weight-decay rule."""
+    decay = set(trainer.get_decay_parameter_names(model))
+    params = dict(model.named_parameters())
+    out = []
+    for group in groups:
+        for with_decay in (True, False):
+            names = [n for n in group["params"] if (n in decay) == with_decay]
+            if names:
+                out.append({
+                    "name": group["name"],
+                    "params": [params[n] for n in names],
+                    "lr": trainer.args.learning_rate * group["lr_scale"],
+                    "weight_decay": trainer.args.weight_decay if with_decay else 0.0,
+                })
+    return out
 
 
 def start_tracker(cfg, run_path: Path) -> list[str]:

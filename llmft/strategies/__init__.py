@@ -22,5 +22,5 @@ def strategy_configs() -> dict:
     return {name: strategy_class(name).config for name in strategy_names()}
 
 
-def build_strategy(cfg, task) -> Strategy:
-    return strategy_class(cfg.name)(cfg, task)
+def build_strategy(run_cfg, task) -> Strategy:
+    return strategy_class(run_cfg.strategy.name)(run_cfg, task)

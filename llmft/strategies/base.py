@@ -1,9 +1,11 @@
 """The Strategy protocol: how a fine-tuning method changes loading, parameters and saving."""
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Callable, ClassVar
 
 from llmft.config import StrategyConfig
+from llmft.errors import UserError
 from llmft.registry import Registry
 
 STRATEGIES = Registry("llmft.strategies", key="strategy")
@@ -14,19 +16,23 @@ class Strategy:
 
     The recipe calls, in order: ``validate_config`` (before anything loads),
     ``model_load_kwargs`` (extra ``from_pretrained`` arguments, e.g. quantization),
-    ``apply`` (returns the model to train), ``callbacks`` (Trainer callbacks).
+    ``apply`` (returns the model to train), ``param_groups`` (optimizer groups with their own
+    learning-rate scale; None: the Trainer's default), ``callbacks``, ``save``; ``llmft eval``
+    calls ``load_trained``.
     """
 
     name: ClassVar[str]
     config: ClassVar[type[StrategyConfig]] = StrategyConfig
-    saves_adapter: ClassVar[bool] = False  # True: model/ is a PEFT adapter folder
+    saves_adapter: ClassVar[bool] = False  # True: model/ holds only the trained parameters
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        STRATEGIES.register(cls)
+        if "name" in cls.__dict__:
+            STRATEGIES.register(cls)
 
-    def __init__(self, cfg, task):
-        self.cfg = cfg
+    def __init__(self, run_cfg, task):
+        self.run_cfg = run_cfg  # the whole run's config (hardware, train) for strategies that need it
+        self.cfg = run_cfg.strategy
         self.task = task
 
     @classmethod
@@ -39,5 +45,71 @@ class Strategy:
     def apply(self, model):
         return model
 
+    def param_groups(self, model) -> list[dict] | None:
+        """[{"name": str, "params": [parameter names], "lr_scale": float}] or None."""
+        return None
+
     def callbacks(self) -> list:
         return []
+
+    def report(self) -> dict:
+        """What the strategy did during training, for results.json (e.g. when layers unfroze)."""
+        return {}
+
+    def metadata(self) -> dict:
+        """Extra entries for model/llmft.json that ``load_trained`` needs."""
+        return {}
+
+    def save(self, trainer, model_dir: Path) -> None:
+        trainer.save_model(str(model_dir))  # full model, or PEFT adapter for a PeftModel
+
+    @classmethod
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer):
+        """The saved model, ready to predict: a full HF folder or a PEFT adapter on its base."""
+        from llmft.models import load_model
+
+        trust = meta.get("trust_remote_code", False)
+        if (model_dir / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = load_model(meta["base_model"], task, tokenizer, trust, **cls.base_load_kwargs(meta))
+            return PeftModel.from_pretrained(base, str(model_dir))
+        return load_model(str(model_dir), task, tokenizer, trust)
+
+    @classmethod
+    def base_load_kwargs(cls, meta: dict) -> dict:
+        return {}
+
+
+def set_trainable(model, keep: Callable[[str, object], bool]) -> None:
+    """requires_grad = keep(name, part) for every parameter (part: llmft.anatomy.Part)."""
+    from llmft.anatomy import parts
+
+    params = dict(model.named_parameters())
+    for name, part in parts(model).items():
+        params[name].requires_grad_(keep(name, part))
+
+
+class PeftStrategy(Strategy):
+    """A PEFT method: ``peft_config()`` builds its config, PEFT wraps the model and saves the adapter.
+
+    PEFT's task type keeps the task head trainable and saved (``modules_to_save``).
+    """
+
+    saves_adapter = True
+
+    def peft_config(self):
+        raise NotImplementedError
+
+    def apply(self, model):
+        from peft import get_peft_model
+
+        try:
+            return get_peft_model(model, self.peft_config())
+        except ValueError as err:
+            if "target_modules" in str(err) or "feedforward_modules" in str(err):
+                raise UserError(
+                    f"strategy.target_modules: PEFT has no default for model type "
+                    f"'{model.config.model_type}'; set e.g. strategy.target_modules=[q_proj,v_proj]"
+                ) from None
+            raise

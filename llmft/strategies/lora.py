@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from llmft.config import StrategyConfig
 from llmft.errors import UserError
-from llmft.strategies.base import Strategy
+from llmft.strategies.base import PeftStrategy
 
 
 @dataclass
@@ -16,16 +16,15 @@ class LoraStrategyConfig(StrategyConfig):
     alpha: float = 16  # scaling: the update is multiplied by alpha / r
     dropout: float = 0.1
     # Module names to adapt; null: PEFT's default for the architecture (BERT: query, value;
-    # Llama: q_proj, v_proj). "all-linear" adapts every linear layer but the head.
+    # Llama: q_proj, v_proj). [all-linear] adapts every linear layer but the head.
     target_modules: Optional[List[str]] = None
     bias: str = "none"  # none | all | lora_only
-    use_dora: bool = False
+    use_dora: bool = False  # weight-decomposed LoRA (see dora)
 
 
-class LoRA(Strategy):
+class LoRA(PeftStrategy):
     name = "lora"
     config = LoraStrategyConfig
-    saves_adapter = True
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
@@ -40,31 +39,20 @@ class LoRA(Strategy):
     def peft_config(self):
         from peft import LoraConfig
 
-        targets = self.cfg.target_modules
-        if targets is not None:
-            targets = list(targets)
-            if targets == ["all-linear"]:
-                targets = "all-linear"  # PEFT's own shortcut
         return LoraConfig(
             task_type=self.task.peft_task_type,
             r=self.cfg.r,
             lora_alpha=self.cfg.alpha,
             lora_dropout=self.cfg.dropout,
-            target_modules=targets,
+            target_modules=target_modules(self.cfg.target_modules),
             bias=self.cfg.bias,
             use_dora=self.cfg.use_dora,
         )
 
-    def apply(self, model):
-        from peft import get_peft_model
 
-        try:
-            return get_peft_model(model, self.peft_config())
-        except ValueError as err:
-            if "target_modules" in str(err):
-                raise UserError(
-                    f"strategy.target_modules: PEFT has no default for model type "
-                    f"'{model.config.model_type}'; set e.g. strategy.target_modules=[q_proj,v_proj] "
-                    f"or [all-linear]"
-                ) from None
-            raise
+def target_modules(names):
+    """Config list -> PEFT's argument: None (PEFT's default), a list, or "all-linear"."""
+    if names is None:
+        return None
+    names = list(names)
+    return "all-linear" if names == ["all-linear"] else names

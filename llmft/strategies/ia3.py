@@ -1,0 +1,31 @@
+"""IA3 (PEFT): learned scaling vectors on keys, values and the feed-forward activations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from llmft.config import StrategyConfig
+from llmft.strategies.base import PeftStrategy
+from llmft.strategies.lora import target_modules
+
+
+@dataclass
+class IA3StrategyConfig(StrategyConfig):
+    name: str = "ia3"
+    # null: PEFT's defaults for the architecture (BERT: key, value, output.dense).
+    target_modules: Optional[List[str]] = None
+    feedforward_modules: Optional[List[str]] = None  # must be a subset of target_modules
+
+
+class IA3(PeftStrategy):
+    name = "ia3"
+    config = IA3StrategyConfig
+
+    def peft_config(self):
+        from peft import IA3Config
+
+        return IA3Config(
+            task_type=self.task.peft_task_type,
+            target_modules=target_modules(self.cfg.target_modules),
+            feedforward_modules=target_modules(self.cfg.feedforward_modules),
+        )

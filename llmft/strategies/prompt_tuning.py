@@ -1,0 +1,48 @@
+"""Prompt tuning (PEFT): a trained soft prompt of virtual token embeddings before the input."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from llmft.config import StrategyConfig
+from llmft.errors import UserError
+from llmft.strategies.base import PeftStrategy
+from llmft.strategies.prefix import check_virtual_tokens
+
+
+@dataclass
+class PromptTuningStrategyConfig(StrategyConfig):
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    init: str = "random"  # random | text
+    init_text: Optional[str] = None  # with init=text: the soft prompt starts as these tokens
+
+
+class PromptTuning(PeftStrategy):
+    name = "prompt_tuning"
+    config = PromptTuningStrategyConfig
+
+    @classmethod
+    def validate_config(cls, run_cfg) -> None:
+        check_virtual_tokens(run_cfg)
+        s = run_cfg.strategy
+        if s.init not in ("random", "text"):
+            raise UserError(f"strategy.init={s.init!r} is not one of: random, text")
+        if s.init == "text" and not s.init_text:
+            raise UserError("strategy.init_text is required with strategy.init=text")
+
+    def peft_config(self):
+        from peft import PromptTuningConfig
+
+        text = self.cfg.init == "text"
+        return PromptTuningConfig(
+            task_type=self.task.peft_task_type,
+            num_virtual_tokens=self.cfg.num_virtual_tokens,
+            prompt_tuning_init="TEXT" if text else "RANDOM",
+            prompt_tuning_init_text=self.cfg.init_text if text else None,
+            tokenizer_name_or_path=self.tokenizer_path if text else None,
+        )
+
+    def apply(self, model):
+        self.tokenizer_path = model.config._name_or_path  # text init tokenizes with the model's tokenizer
+        return super().apply(model)
