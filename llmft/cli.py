@@ -7,6 +7,8 @@ import sys
 COMMANDS = {
     "train": "fine-tune a model and evaluate it on the held-out split",
     "eval": "re-evaluate a saved model or adapter: llmft eval model_dir=RUN/model",
+    "export": "merge a LoRA/DoRA/IA3 adapter into its base: llmft export model_dir=RUN/model",
+    "report": "compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png",
 }
 
 USAGE = f"""usage: llmft COMMAND [OVERRIDE ...] [-m] [--cfg job] [--help]
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmft: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    if command == "report":  # not a Hydra command: it reads finished runs
+        from llmft.report import main as report
+
+        return report(argv[1:])
     from llmft.app import run
 
     return run(command, args)

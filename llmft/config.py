@@ -118,6 +118,17 @@ class EvalRunConfig:
     print_config: bool = True
 
 
+@dataclass
+class ExportRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder holding a LoRA, DoRA or IA3 adapter
+    output_dir: Optional[str] = None  # default: next to model_dir, as merged/
+    data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
+    hardware: HardwareConfig = MISSING
+    check_examples: int = 8
+    tolerance: float = 1e-4  # max |merged - adapter| logit difference, relative to the logit scale
+    seed: int = 42
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
@@ -127,6 +138,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainRunConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
+    cs.store(name="export_schema", node=ExportRunConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

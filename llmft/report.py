@@ -1,0 +1,122 @@
+"""``llmft report DIR``: one table (and a plot) comparing every run found under DIR.
+
+A run is a folder with Hydra's ``.hydra/`` (or a results.json). Completed runs give their
+metric, parameter counts and throughput; runs without results.json are listed as failed, not
+dropped. Columns show the strategy and every override that differs between the runs.
+Writes DIR/report.md and DIR/report.png and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+
+def find_runs(root: Path) -> list[Path]:
+    found = {p.parent.parent for p in root.rglob(".hydra/config.yaml")} | {p.parent for p in root.rglob("results.json")}
+    runs = [r for r in found if not {"model", "checkpoints"} & set(r.relative_to(root).parts)]
+    return sorted(runs, key=lambda r: [int(p) if p.isdigit() else p for p in r.relative_to(root).parts])
+
+
+def read_run(run: Path) -> dict:
+    overrides = []
+    if (run / ".hydra" / "overrides.yaml").is_file():
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else None
+    strategy = results.get("strategy") if results else None
+    if strategy is None and (run / ".hydra" / "config.yaml").is_file():
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
+        strategy = (config.get("strategy") or {}).get("name")
+    return {"path": run, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra")),
+            "results": results, "strategy": strategy}
+
+
+def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
+    swept = sorted({k for r in runs for k in r["overrides"]
+                    if len({r2["overrides"].get(k) for r2 in runs}) > 1 and k.lstrip("+") != "strategy"})
+    header = ["run", "strategy", *swept, "metric", "value", "trainable params", "trainable %",
+              "runtime s", "tokens/s", "peak MB", "status"]
+    table = []
+    for r in runs:
+        res = r["results"] or {}
+        train, params = res.get("train", {}), res.get("params", {})
+        metric = res.get("primary_metric", "")
+        value = res.get("eval", {}).get(metric)
+        peak = train.get("peak_gpu_mb", train.get("peak_rss_mb"))
+        table.append([
+            str(r["path"].relative_to(root)) or ".", str(r["strategy"] or "?"),
+            *[r["overrides"].get(k, "") for k in swept],
+            metric, _num(value, ".4f"), _num(params.get("trainable"), ",d"), _num(params.get("trainable_pct"), ".3f"),
+            _num(train.get("runtime_s"), ".1f"), _num(train.get("tokens_per_s"), ",.0f"), _num(peak, ",.0f"),
+            "completed" if r["results"] else "failed",
+        ])
+    return header, table
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def write_markdown(path: Path, header: list[str], table: list[list[str]]) -> None:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(path: Path, runs: list[dict], header: list[str], table: list[list[str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    swept = header[2:header.index("metric")]
+    metric = next((r["results"]["primary_metric"] for r in runs if r["results"]), "metric")
+    for r, row in zip(runs, table):
+        if not r["results"]:
+            continue
+        x, y = r["results"]["params"]["trainable"], r["results"]["eval"][metric]
+        label = " ".join([row[1], *[f"{k}={v}" for k, v in zip(swept, row[2:2 + len(swept)]) if v]])
+        ax.scatter(x, y)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"eval {metric}")
+    ax.set_title("eval metric against trainable parameters")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llmft report", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="a multirun folder, an outputs folder, or any folder of runs")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md/png go (default: DIR)")
+    args = parser.parse_args(argv)
+    root = args.dir.resolve()
+    runs = [read_run(r) for r in find_runs(root)] if root.is_dir() else []
+    if not runs:
+        import sys
+
+        print(f"llmft: error: no runs under {args.dir} (a run folder has .hydra/ or results.json)", file=sys.stderr)
+        return 2
+    out = (args.out or root).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    header, table = rows(runs, root)
+    write_markdown(out / "report.md", header, table)
+    write_plot(out / "report.png", runs, header, table)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"{len(runs)} runs under {root}", title_justify="left")
+    for name in header:
+        view.add_column(name, justify="right" if name not in ("run", "strategy", "metric", "status") else "left")
+    for row in table:
+        view.add_row(*row)
+    Console(width=200).print(view)
+    print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
+    return 0

@@ -1,0 +1,76 @@
+"""`llmft export` (merge + its check) and `llmft report` (a table and a plot of a sweep)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import read_jsonl, read_results, run_cli, tiny_train_args
+
+
+@pytest.mark.parametrize("strategy", ["lora", "dora", "ia3"])
+def test_export_merges_and_checks(tmp_path, tiny_data, tiny_bert, strategy):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", f"+strategy={strategy}", *tiny_train_args(tiny_bert, tiny_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("export", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'export'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "merge check" in proc.stdout and "OK" in proc.stdout
+    check = json.loads((tmp_path / "export" / "export.json").read_text())["check"]
+    assert check["passed"] and check["max_abs_diff_merged_vs_adapter"] < 1e-4
+    assert check["max_abs_diff_adapter_vs_base"] > 1e-4  # the adapter learned something to merge
+
+    merged = run_dir / "merged"
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import torch
+
+    model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    records = read_jsonl(run_dir / "predictions.jsonl")
+    with torch.no_grad():
+        logits = model(**tokenizer([r["text"] for r in records], padding=True, return_tensors="pt")).logits
+    assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == [r["prediction"] for r in records]
+
+    # The merged folder evaluates like the adapter did.
+    proc = run_cli("eval", f"model_dir={merged}", f"data.train_file={tiny_data['train']}",
+                   f"data.eval_file={tiny_data['eval']}", "data.format=csv", "data=csv",
+                   f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(tmp_path / "eval")["eval"]["accuracy"] == pytest.approx(read_results(run_dir)["eval"]["accuracy"])
+
+
+def test_export_refuses_a_full_model(tmp_path, tiny_data, tiny_bert):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "train.max_steps=1", *tiny_train_args(tiny_bert, tiny_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("export", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'export'}")
+    assert proc.returncode == 2 and "llmft: error:" in proc.stderr and "'full' model" in proc.stderr
+
+
+def test_report_on_a_sweep_with_a_failed_run(tmp_path, tiny_data, tiny_bert):
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_train_args(tiny_bert, tiny_data, tmp_path) if not a.startswith("hydra.run.dir")]
+    proc = run_cli("train", "-m", *args, "+strategy=full,lora,bitfit", "train.lr=1e-3,5e-3", "train.max_steps=2",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failed = sweep / "6"  # a run that died before writing results.json
+    shutil.copytree(sweep / "0" / ".hydra", failed / ".hydra")
+
+    proc = run_cli("report", sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (sweep / "report.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:3] == ["run", "strategy", "train.lr"] and "trainable params" in header and "tokens/s" in header
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert len(body) == 7
+    completed = [(r[1], float(r[2])) for r in body if r[-1] == "completed"]
+    assert sorted(completed) == sorted((s, lr) for s in ("full", "lora", "bitfit") for lr in (1e-3, 5e-3))
+    assert [r[0] for r in body if r[-1] == "failed"] == ["6"]
+    assert (sweep / "report.png").stat().st_size > 10_000
+    assert "failed" in proc.stdout and "bitfit" in proc.stdout
+
+
+def test_report_on_an_empty_folder(tmp_path):
+    proc = run_cli("report", tmp_path)
+    assert proc.returncode == 2 and "no runs under" in proc.stderr
