@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llmft.errors import EXIT_USER_ERROR, UserError
 
-MODULES = {"train": "llmft.train", "eval": "llmft.evaluate", "export": "llmft.export"}  # each has main(cfg, run_path)
+MODULES = {"train": "llmft.train", "eval": "llmft.evaluate", "predict": "llmft.predict", "export": "llmft.export"}  # each has main(cfg, run_path)
 # Hydra flags that take a value (the next argument is not an override).
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -98,7 +98,7 @@ def preflight(command: str, overrides: list[str]) -> None:
 
 def prepare_config(command: str, cfg, overrides: list[str]):
     """Command-specific completion of the composed config (eval: the run's own data config)."""
-    if command in ("eval", "export"):
+    if command in ("eval", "predict", "export"):
         from llmft.evaluate import use_run_data
 
         return use_run_data(cfg, overrides)

@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "train": "fine-tune a model and evaluate it on the held-out split",
     "eval": "re-evaluate a saved model or adapter: llmft eval model_dir=RUN/model",
+    "predict": "label new inputs: llmft predict model_dir=RUN/model predict.input_file=X.jsonl",
     "export": "merge a LoRA/DoRA/IA3 adapter into its base: llmft export model_dir=RUN/model",
     "report": "compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png",
 }

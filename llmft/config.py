@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 
 
 @dataclass
@@ -43,6 +43,21 @@ class DataConfig:
     text_pair_column: Optional[str] = None
     label_column: str = "label"
     labels: Optional[List[str]] = None  # label names in id order; None: sorted labels of train
+    # ner: token and tag lists (JSON lines), or CoNLL files (one "token tag" per line)
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    # qa: long contexts are split into windows overlapping by doc_stride tokens
+    doc_stride: int = 64
+    max_answer_length: int = 30  # tokens
+    # seq2seq: source and target text
+    source_column: str = "source"
+    target_column: str = "target"
+    # sft: a chat in messages_column ([{role, content}, ...], the last turn is the assistant's),
+    # or a prompt_column / response_column pair (+ an optional system_prompt).
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    system_prompt: Optional[str] = None
     # Splits made from the train file (seeded, stratified) when no file is given for them.
     validation_fraction: float = 0.0
     eval_fraction: float = 0.1
@@ -50,6 +65,20 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     max_length: int = 128
+
+
+@dataclass
+class GenerateConfig:
+    """Generation settings (tasks that generate: sft, seq2seq)."""
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+    max_examples: Optional[int] = 64  # eval prompts to generate for (generation is slow); null: all
 
 
 @dataclass
@@ -103,6 +132,7 @@ class TrainRunConfig:
     hardware: HardwareConfig = MISSING
     logger: LoggerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     experiment: Optional[str] = None  # set by an experiment preset, for the run folder and reports
     seed: int = 42
     print_config: bool = True
@@ -114,8 +144,26 @@ class EvalRunConfig:
     data: DataConfig = MISSING
     hardware: HardwareConfig = MISSING
     batch_size: int = 64
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     seed: int = 42
     print_config: bool = True
+
+
+@dataclass
+class PredictConfig:
+    input_file: str = MISSING  # csv or json lines with the data config's text column(s)
+    output_file: Optional[str] = None  # default: <run folder>/predictions.jsonl
+    batch_size: int = 64
+
+
+@dataclass
+class PredictRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    data: DataConfig = MISSING  # column names (the run's own data config, by default)
+    hardware: HardwareConfig = MISSING
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    seed: int = 42
 
 
 @dataclass
@@ -139,6 +187,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainRunConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
     cs.store(name="export_schema", node=ExportRunConfig)
+    cs.store(name="predict_schema", node=PredictRunConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
@@ -150,9 +199,8 @@ def register_configs() -> None:
 # ----------------------------------------------------------------------------- validation
 
 _CHOICES = {
-    "data.task": ("classification",),
     "data.source": ("files", "hub"),
-    "data.format": (None, "csv", "json"),
+    "data.format": (None, "csv", "json", "conll"),
     "hardware.accelerator": ("auto", "cpu", "cuda"),
     "hardware.precision": ("fp32", "bf16", "fp16"),
     "logger.name": ("none", "wandb"),
@@ -182,13 +230,14 @@ def validate(cfg) -> None:
         raise UserError(f"{key} is required: add {key}=VALUE to the command line")
 
     for key, allowed in _CHOICES.items():
-        value = _get(cfg, key)
-        if key.split(".")[0] in cfg and value not in allowed:
-            shown = ", ".join(str(a) for a in allowed if a is not None)
-            raise UserError(f"{key}={value!r} is not one of: {shown}")
+        if key.split(".")[0] in cfg:
+            require_one_of(key, _get(cfg, key), allowed)
 
     if "train" in cfg:
         _validate_train(cfg.train)
+    for key in ("batch_size", "predict.batch_size"):
+        value = _get(cfg, key)
+        _require(value is None or value >= 1, key, f"must be >= 1 (got {value})")
     _validate_data(cfg.data)
     if "strategy" in cfg:
         from llmft.strategies import strategy_class
@@ -212,6 +261,9 @@ def _validate_train(t) -> None:
 
 
 def _validate_data(d) -> None:
+    from llmft.tasks import task_names
+
+    require_one_of("data.task", d.task, task_names())
     _require(d.max_length >= 8, "data.max_length", f"must be >= 8 (got {d.max_length})")
     for key in ("max_train_samples", "max_eval_samples"):
         value = d[key]
@@ -241,5 +293,4 @@ LR_SCHEDULERS = (
 
 
 def _check_scheduler(name: str) -> None:
-    if name not in LR_SCHEDULERS:
-        raise UserError(f"train.lr_scheduler={name!r} is not one of: {', '.join(LR_SCHEDULERS)}")
+    require_one_of("train.lr_scheduler", name, LR_SCHEDULERS)

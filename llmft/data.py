@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 FILE_KEYS = {"train": "train_file", "validation": "validation_file", "eval": "eval_file"}
 _HUB_SPLITS = {"train": "train", "validation": "validation", "eval": "test"}
-_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".conll": "conll", ".bio": "conll"}
 
 
 def load_splits(cfg, task) -> dict:
@@ -33,7 +33,7 @@ def load_splits(cfg, task) -> dict:
     for name in ("train", "validation", "eval"):  # train first: it may define the label set
         if name in raw:
             dataset, source = raw[name]
-            _check(dataset, source, task.required_columns(), cfg)
+            check_columns(dataset, source, task.required_columns(), cfg)
             splits[name] = task.encode(dataset, source, is_train=name == "train")
 
     for name, fraction in (("eval", cfg.eval_fraction), ("validation", cfg.validation_fraction)):
@@ -57,32 +57,50 @@ def _read_files(cfg) -> dict:
         spec = cfg[key]
         if spec:
             path = resolve_path(spec, key=f"data.{key}")
-            out[split] = (_read_file(path, cfg, key), f"{path}")
+            out[split] = (read_file(path, cfg, f"data.{key}"), f"{path}")
     return out
 
 
-def _read_file(path: Path, cfg, key: str):
+def read_file(path: Path, cfg, key: str):
+    """One csv/json(l) file as a Dataset; ``key`` (e.g. data.train_file) names it in errors."""
     from datasets import load_dataset
 
     if not path.is_file():
-        raise UserError(f"data.{key}: file not found: {path}")
+        raise UserError(f"{key}: file not found: {path}")
     builder = cfg.format or _FORMATS.get(path.suffix.lower())
     if builder is None:
-        raise UserError(f"data.{key}: cannot tell the format of {path.name}; set data.format=csv or json")
+        raise UserError(f"{key}: cannot tell the format of {path.name}; set data.format=csv or json")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     if not _has_rows(path, header=builder == "csv"):
-        raise UserError(f"{path}: the file has no rows (data.{key})")
+        raise UserError(f"{path}: the file has no rows ({key})")
+    if builder == "json" and cfg.task == "qa" and path.suffix.lower() == ".json":
+        from datasets import Dataset
+
+        from llmft.tasks.qa import read_squad
+
+        try:
+            return Dataset.from_dict(read_squad(path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{key}: {path} is not SQuAD JSON ({type(err).__name__}: {err}); "
+                            f"use {{\"data\": [{{\"paragraphs\": [...]}}]}} or JSON lines") from None
+    if builder == "conll":
+        from datasets import Dataset
+
+        from llmft.tasks.ner import read_conll
+
+        columns = read_conll(path)
+        return Dataset.from_dict({cfg.tokens_column: columns["tokens"], cfg.tags_column: columns["tags"]})
     try:
         return load_dataset(builder, data_files=str(path), split="train", encoding=cfg.encoding, **kwargs)
     except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
         decode = _find_cause(err, UnicodeDecodeError)
         if decode is not None:
             raise UserError(
-                f"data.{key}: {path} is not valid {cfg.encoding} text (byte {decode.start}); "
+                f"{key}: {path} is not valid {cfg.encoding} text (byte {decode.start}); "
                 f"set data.encoding to the file's encoding (e.g. data.encoding=latin-1)"
             ) from None
         reason = str(_find_cause(err, Exception, last=True)).splitlines()[0][:200]
-        raise UserError(f"data.{key}: cannot read {path} as {builder}: {reason}") from None
+        raise UserError(f"{key}: cannot read {path} as {builder}: {reason}") from None
 
 
 def _has_rows(path: Path, header: bool) -> bool:
@@ -108,13 +126,12 @@ def _read_hub(cfg) -> dict:
             for ours, theirs in _HUB_SPLITS.items() if theirs in loaded}
 
 
-def _check(dataset, source: str, columns: list[str], cfg) -> None:
+def check_columns(dataset, source: str, columns: list[str], cfg) -> None:
     if len(dataset) == 0:
         raise UserError(f"{source}: the file has no rows")
     for column in columns:
         if column not in dataset.column_names:
-            key = next(k for k in ("text_column", "text_pair_column", "label_column")
-                       if cfg[k] == column)
+            key = next(k for k in cfg if k.endswith("_column") and cfg[k] == column)
             raise UserError(
                 f"{source}: no column '{column}' (data.{key}); columns are: "
                 f"{', '.join(dataset.column_names)}"

@@ -5,3 +5,9 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
     """Something the user can fix; the message names the key, file or row and the fix."""
+
+
+def require_one_of(key: str, value, options) -> None:
+    """The one-line error for a value outside a fixed set of options."""
+    if value not in options:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(str(o) for o in options if o is not None)}")

@@ -11,16 +11,6 @@ import time
 from pathlib import Path
 
 
-def predict_split(trainer, tokenized, raw, task) -> tuple[dict, list[dict]]:
-    """Metrics and one prediction record per example, from ``trainer.predict`` (batched, with a bar)."""
-    output = trainer.predict(tokenized, metric_key_prefix="eval")
-    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    metrics = task.metrics(predictions, output.label_ids)
-    if "eval_loss" in output.metrics:
-        metrics["loss"] = round(output.metrics["eval_loss"], 5)
-    return metrics, task.prediction_records(raw, predictions)
-
-
 def memory_figures() -> dict:
     """Peak memory of this process: resident set on the CPU, allocated memory on a GPU."""
     figures = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -71,7 +61,7 @@ def main(cfg, run_path: str | Path) -> dict:
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)
-    metrics, records = predict_split(trainer, eval_set, splits["eval"], task)
+    metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
     results = {
         "status": "completed",
         "run_dir": str(run.path),

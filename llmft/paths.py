@@ -33,6 +33,10 @@ def resolve_path(spec: str, key: str = "path") -> Path:
 
 def resolve_model_path(spec: str, key: str = "model.name_or_path") -> str:
     """A model reference for ``from_pretrained``: a local folder, or a hub id left as it is."""
+    if spec.startswith("gguf:"):
+        from llmft.gguf import converted_folder
+
+        return converted_folder(spec, key)
     if spec.startswith(PKG_PREFIX):
         path = resolve_path(spec, key)
         if not path.is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from llmft.errors import UserError
+from llmft.errors import require_one_of
 
 
 class Registry:
@@ -26,7 +26,6 @@ class Registry:
         self.classes[cls.name] = cls
 
     def get(self, name: str) -> type:
-        if name not in self.names():
-            raise UserError(f"{self.key}={name!r} is not one of: {', '.join(self.names())}")
+        require_one_of(self.key, name, self.names())
         importlib.import_module(f"{self.package}.{name}")
         return self.classes[name]

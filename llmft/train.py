@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmft.data import load_splits
 from llmft.display import print_config, print_results
-from llmft.evaluate import memory_figures, predict_split
+from llmft.evaluate import memory_figures
 from llmft.models import count_parameters, load_backbone, save_model
 from llmft.paths import resolve_model_path
 from llmft.run_dir import RunDir
@@ -64,7 +64,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "trust_remote_code": cfg.model.trust_remote_code,
         })
 
-        metrics, records = predict_split(trainer, eval_set, splits["eval"], task)
+        metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
         runtime = trained.metrics["train_runtime"]
         tokens = trainer.state.num_input_tokens_seen
         results = {

@@ -92,6 +92,127 @@ def tiny_llama(tmp_path_factory) -> Path:
     return path
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama(tmp_path_factory) -> Path:
+    """A tiny Llama-like causal LM with a ChatML chat template (end of turn = eos), like SmolLM2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-chat-llama")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = _corpus() + ["user assistant system sentiment of : " + " ".join(LABELS)]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=220, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("sft")
+    rows = make_rows(60, seed=4)
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"sentiment of : {r['text']}", "response": r["label"]}) + "\n"
+                             for r in rows))
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": "sentiment"},
+        {"role": "user", "content": r["text"]},
+        {"role": "assistant", "content": r["label"]}]}) + "\n" for r in rows))
+    return {"pairs": pairs, "chats": chats}
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A tiny T5-like encoder-decoder whose tokenizer ends every text with </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    path = tmp_path_factory.mktemp("tiny-t5")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(_corpus() + ["copy :"], trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"]))
+    bpe.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(path)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seq2seq_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("seq2seq") / "pairs.jsonl"
+    rows = make_rows(60, seed=7)
+    path.write_text("".join(json.dumps({"source": f"copy : {r['text']}", "target": r["label"]}) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def qa_data(tmp_path_factory) -> dict:
+    """SQuAD JSON: the answer is the positive word of each context."""
+    rng = random.Random(8)
+    root = tmp_path_factory.mktemp("qa")
+
+    def article(n, offset):
+        paragraphs = []
+        for i in range(n):
+            words = rng.sample(_FILLER, 5) + [rng.choice(_WORDS["positive"])] + rng.sample(_FILLER, 3)
+            answer = words[5]
+            context = " ".join(words)
+            paragraphs.append({"context": context, "qas": [{
+                "id": f"q{offset + i}", "question": "which word is nice ?",
+                "answers": [{"text": answer, "answer_start": context.index(" " + answer + " ") + 1}]}]})
+        return {"data": [{"title": "t", "paragraphs": paragraphs}]}
+
+    train, eval_ = root / "train.json", root / "eval.json"
+    train.write_text(json.dumps(article(80, 0)))
+    eval_.write_text(json.dumps(article(20, 1000)))
+    return {"train": train, "eval": eval_}
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Sentences where "great"/"happy" words are a POS entity and "awful"/"bad" a NEG one."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 6)):
+            kind = rng.choice(["O", "O", "POS", "NEG"])
+            if kind == "O":
+                tokens.append(rng.choice(_FILLER))
+                tags.append("O")
+            else:
+                words = rng.sample(_WORDS["positive" if kind == "POS" else "negative"], rng.randint(1, 2))
+                tokens += words
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+        out.append((tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences) -> Path:
+    path.write_text("\n\n".join("\n".join(f"{t} {g}" for t, g in zip(*s)) for s in sentences) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ner_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("ner")
+    return {"train": write_conll(root / "train.conll", make_sentences(80, seed=5)),
+            "eval": write_conll(root / "eval.conll", make_sentences(20, seed=6))}
+
+
 def cli_env() -> dict:
     env = dict(os.environ)
     env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",

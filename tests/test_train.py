@@ -96,6 +96,30 @@ def test_eval_reproduces_the_run_and_the_adapter_reloads_through_peft(tmp_path, 
     assert got == [r["prediction"] for r in records]
 
 
+def test_predict_labels_unlabelled_inputs(tmp_path, tiny_data, tiny_bert):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=lora", *tiny_train_args(tiny_bert, tiny_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(run_dir / "predictions.jsonl")
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in records))
+
+    out = tmp_path / "labelled.jsonl"
+    proc = run_cli("predict", f"model_dir={run_dir / 'model'}", f"predict.input_file={inputs}",
+                   f"predict.output_file={out}", "predict.batch_size=7", f"hydra.run.dir={tmp_path / 'p'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predicted = read_jsonl(out)
+    assert [p["prediction"] for p in predicted] == [r["prediction"] for r in records]
+    assert all(set(p) == {"text", "prediction", "confidence"} for p in predicted)
+    assert "examples/s" in proc.stdout
+
+    missing = tmp_path / "bad.jsonl"
+    missing.write_text('{"tweet": "hello"}\n')
+    proc = run_cli("predict", f"model_dir={run_dir / 'model'}", f"predict.input_file={missing}",
+                   f"hydra.run.dir={tmp_path / 'p2'}")
+    assert proc.returncode == 2 and "no column 'text'" in proc.stderr
+
+
 def test_full_model_reloads_with_transformers(tmp_path, tiny_data, tiny_bert):
     run_dir = tmp_path / "run"
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir))

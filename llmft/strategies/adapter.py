@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 from llmft.strategies.base import Strategy, set_trainable
 
 WEIGHTS = "adapter_model.safetensors"
@@ -56,12 +56,10 @@ class Adapter(Strategy):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         s = run_cfg.strategy
-        if s.kind not in ("houlsby", "pfeiffer"):
-            raise UserError(f"strategy.kind={s.kind!r} is not one of: houlsby, pfeiffer")
+        require_one_of("strategy.kind", s.kind, ("houlsby", "pfeiffer"))
         if s.reduction_factor < 1:
             raise UserError(f"strategy.reduction_factor must be >= 1 (got {s.reduction_factor})")
-        if s.activation not in ("relu", "gelu", "silu"):
-            raise UserError(f"strategy.activation={s.activation!r} is not one of: relu, gelu, silu")
+        require_one_of("strategy.activation", s.activation, ("relu", "gelu", "silu"))
 
     def apply(self, model):
         insert_adapters(model, dict(self.cfg))

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 from llmft.strategies.base import Strategy, set_trainable
 from llmft.strategies.llrd import depth_groups
 
@@ -32,8 +32,7 @@ class GradualUnfreeze(Strategy):
         s = run_cfg.strategy
         if s.unfreeze_every < 1:
             raise UserError(f"strategy.unfreeze_every must be >= 1 (got {s.unfreeze_every})")
-        if s.unit not in ("steps", "epochs"):
-            raise UserError(f"strategy.unit={s.unit!r} is not one of: steps, epochs")
+        require_one_of("strategy.unit", s.unit, ("steps", "epochs"))
 
     def __init__(self, run_cfg, task):
         super().__init__(run_cfg, task)

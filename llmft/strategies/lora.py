@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 from llmft.strategies.base import PeftStrategy
 
 
@@ -33,8 +33,7 @@ class LoRA(PeftStrategy):
             raise UserError(f"strategy.r must be >= 1 (got {s.r})")
         if not 0 <= s.dropout < 1:
             raise UserError(f"strategy.dropout must be in [0, 1) (got {s.dropout})")
-        if s.bias not in ("none", "all", "lora_only"):
-            raise UserError(f"strategy.bias={s.bias!r} is not one of: none, all, lora_only")
+        require_one_of("strategy.bias", s.bias, ("none", "all", "lora_only"))
 
     def peft_config(self):
         from peft import LoraConfig

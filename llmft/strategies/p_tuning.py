@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.errors import require_one_of
 from llmft.strategies.base import PeftStrategy
 from llmft.strategies.prefix import check_virtual_tokens
 
@@ -24,8 +24,7 @@ class PTuning(PeftStrategy):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         check_virtual_tokens(run_cfg)
-        if run_cfg.strategy.encoder not in ("mlp", "lstm"):
-            raise UserError(f"strategy.encoder={run_cfg.strategy.encoder!r} is not one of: mlp, lstm")
+        require_one_of("strategy.encoder", run_cfg.strategy.encoder, ("mlp", "lstm"))
 
     def callbacks(self):
         return [prompt_encoder_checkpoints()]

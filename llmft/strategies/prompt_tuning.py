@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 from llmft.strategies.base import PeftStrategy
 from llmft.strategies.prefix import check_virtual_tokens
 
@@ -26,8 +26,7 @@ class PromptTuning(PeftStrategy):
     def validate_config(cls, run_cfg) -> None:
         check_virtual_tokens(run_cfg)
         s = run_cfg.strategy
-        if s.init not in ("random", "text"):
-            raise UserError(f"strategy.init={s.init!r} is not one of: random, text")
+        require_one_of("strategy.init", s.init, ("random", "text"))
         if s.init == "text" and not s.init_text:
             raise UserError("strategy.init_text is required with strategy.init=text")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from llmft.errors import UserError
+from llmft.errors import UserError, require_one_of
 from llmft.strategies.lora import LoRA, LoraStrategyConfig
 
 
@@ -28,10 +28,8 @@ class QLoRA(LoRA):
     def validate_config(cls, run_cfg) -> None:
         super().validate_config(run_cfg)
         s = run_cfg.strategy
-        if s.quant_type not in ("nf4", "fp4"):
-            raise UserError(f"strategy.quant_type={s.quant_type!r} is not one of: nf4, fp4")
-        if s.compute_dtype not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"strategy.compute_dtype={s.compute_dtype!r} is not one of: auto, fp32, bf16, fp16")
+        require_one_of("strategy.quant_type", s.quant_type, ("nf4", "fp4"))
+        require_one_of("strategy.compute_dtype", s.compute_dtype, ("auto", "fp32", "bf16", "fp16"))
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:

@@ -29,7 +29,12 @@ class Task:
     def __init__(self, data_cfg):
         self.data_cfg = data_cfg
 
+    def input_columns(self) -> list[str]:
+        """Columns a prediction needs (``llmft predict`` inputs)."""
+        raise NotImplementedError
+
     def required_columns(self) -> list[str]:
+        """Columns a labelled split needs."""
         raise NotImplementedError
 
     def encode(self, dataset, source: str, is_train: bool):
@@ -46,6 +51,22 @@ class Task:
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer)
+
+    def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
+        """Metrics and one prediction record per example. Default: ``trainer.predict`` (batched,
+        with a progress bar), then ``metrics`` and ``prediction_records`` on its logits."""
+        output = trainer.predict(tokenized, metric_key_prefix="eval")
+        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        metrics = self.metrics(predictions, output.label_ids)
+        if "eval_loss" in output.metrics:
+            metrics["loss"] = round(output.metrics["eval_loss"], 5)
+        return metrics, self.prediction_records(raw, predictions)
+
+    def predict(self, trainer, inputs, generate_cfg=None) -> list[dict]:
+        """One record per unlabelled input (``llmft predict``)."""
+        output = trainer.predict(self.tokenize(inputs, trainer.processing_class))
+        predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        return self.prediction_records(inputs, predictions)
 
     def metrics(self, predictions, label_ids) -> dict:
         raise NotImplementedError

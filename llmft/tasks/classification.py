@@ -20,9 +20,11 @@ class Classification(Task):
         super().__init__(data_cfg)
         self.labels = list(labels or data_cfg.labels or []) or None
 
+    def input_columns(self) -> list[str]:
+        return [c for c in (self.data_cfg.text_column, self.data_cfg.text_pair_column) if c]
+
     def required_columns(self) -> list[str]:
-        d = self.data_cfg
-        return [c for c in (d.text_column, d.text_pair_column, d.label_column) if c]
+        return [*self.input_columns(), self.data_cfg.label_column]
 
     # ------------------------------------------------------------------ data
     def encode(self, dataset, source: str, is_train: bool):
@@ -115,11 +117,9 @@ class Classification(Task):
             if d.text_pair_column:
                 record["text_pair"] = row[d.text_pair_column]
             best = int(probs[i].argmax())
-            record.update(
-                label=self.labels[row[LABEL_COLUMN]],
-                prediction=self.labels[best],
-                confidence=round(float(probs[i][best]), 4),
-            )
+            if LABEL_COLUMN in row:
+                record["label"] = self.labels[row[LABEL_COLUMN]]
+            record.update(prediction=self.labels[best], confidence=round(float(probs[i][best]), 4))
             records.append(record)
         return records
 

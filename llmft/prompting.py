@@ -1,0 +1,111 @@
+"""Prompt-based classification: a template turns an input into a cloze or a continuation, and a
+verbalizer maps each label to words whose scores decide the label (zero_shot, few_shot, pet).
+
+Scoring takes one forward pass per prompt and reads the LM's scores at one position only: the
+mask token (masked LMs) or the next token after the prompt (causal LMs, left-padded so the
+position is always the last and ``logits_to_keep=1`` skips the rest of the vocabulary matmuls).
+A label's score is the log-sum-exp of its words' log-probabilities; a word of several tokens is
+scored by its first token (use single-token words where the ranking matters).
+"""
+from __future__ import annotations
+
+from llmft.errors import UserError
+
+MASK_SLOT = "{mask}"
+
+
+def lm_kind(path: str, trust_remote_code: bool = False) -> str:
+    """"causal" or "masked": which LM head this model has (without loading its weights)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    architectures = config.architectures or []
+    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures):
+        return "masked"
+    if any(a.endswith("ForCausalLM") for a in architectures) or (
+            config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not architectures):
+        return "causal"
+    raise UserError(
+        f"model.name_or_path={path}: prompting needs a model with a language-model head (a masked or "
+        f"causal LM, e.g. model=smollm2); this one is {', '.join(architectures) or config.model_type}"
+    )
+
+
+def check_prompt(prompt_cfg, labels: list[str], kind: str) -> None:
+    if not prompt_cfg.template or "{text}" not in prompt_cfg.template:
+        raise UserError("data.prompt.template must contain the {text} slot, e.g. 'Tweet: {text}\\nSentiment:'")
+    if kind == "masked" and MASK_SLOT not in prompt_cfg.template:
+        raise UserError("data.prompt.template needs a {mask} slot for a masked LM, e.g. '{text} It was {mask}.'")
+    if kind == "causal" and MASK_SLOT in prompt_cfg.template:
+        raise UserError("data.prompt.template: a causal LM scores the next token; end the template where the "
+                        "label word should follow instead of using {mask}")
+    verbalizer = prompt_cfg.verbalizer or {}
+    missing = [label for label in labels if not verbalizer.get(label)]
+    if missing:
+        raise UserError(f"data.prompt.verbalizer has no words for {missing}; give each label a list of words")
+
+
+def render(template: str, text: str, tokenizer) -> str:
+    return template.replace("{text}", text).replace(MASK_SLOT, tokenizer.mask_token or "")
+
+
+def label_token_ids(verbalizer: dict, labels: list[str], tokenizer) -> list[list[int]]:
+    """The first token of each verbalizer word, per label (words as they follow the prompt)."""
+    ids = []
+    for label in labels:
+        first = []
+        for word in verbalizer[label]:
+            tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                raise UserError(f"data.prompt.verbalizer: {word!r} ({label}) is no token at all")
+            first.append(tokens[0])
+        ids.append(sorted(set(first)))
+    return ids
+
+
+def prompt_classifier(lm, label_ids: list[list[int]], kind: str, mask_token_id: int | None):
+    """Wrap an LM as a classifier whose logits are the verbalizer scores (one per label)."""
+    import torch
+    import torch.nn as nn
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class PromptClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+            self.config = lm.config
+            self.label_ids = label_ids
+            self.register_buffer("calibration", torch.zeros(len(label_ids)), persistent=False)
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            kwargs.pop("token_type_ids", None) if kind == "causal" else None
+            if kind == "causal":  # left padding: the next-token scores sit at the last position
+                out = self.lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **kwargs)
+                scores = out.logits[:, -1, :]
+            else:
+                out = self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                positions = (input_ids == mask_token_id).float().argmax(-1)
+                scores = out.logits[torch.arange(len(input_ids)), positions]
+            logprobs = scores.float().log_softmax(-1)
+            logits = torch.stack([logprobs[:, ids].logsumexp(-1) for ids in self.label_ids], -1)
+            logits = logits - self.calibration
+            loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    return PromptClassifier()
+
+
+def calibrate(model, tokenizer, template: str, content_free: str) -> list[float]:
+    """Contextual calibration (Zhao et al., 2021): the label scores of a content-free input
+    become the offset every prediction is measured against (log p(label|x) - log p(label|N/A))."""
+    import torch
+
+    model.calibration.zero_()
+    batch = tokenizer([render(template, content_free, tokenizer)], return_tensors="pt")
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+    with torch.no_grad():
+        logits = model(**batch).logits[0]
+    offset = logits.log_softmax(-1)
+    model.calibration.copy_(offset)
+    return [round(x, 4) for x in offset.tolist()]

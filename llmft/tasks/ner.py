@@ -1,0 +1,169 @@
+"""Token classification (NER): words -> BIO tags. Entity-level metrics from seqeval.
+
+Data: CoNLL-style files (one ``token tag`` per line, a blank line between sentences; the tag is
+the last field) or JSON lines with token and tag lists (``data.tokens_column``,
+``data.tags_column``). Words are split into sub-words by the model's tokenizer; the first
+sub-word of each word carries the word's tag, the rest are ignored in the loss and in scoring.
+"""
+from __future__ import annotations
+
+from llmft.errors import UserError
+from llmft.tasks.base import Task
+
+LABELS = "labels"
+IGNORE = -100
+
+
+class NER(Task):
+    name = "ner"
+    auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    primary_metric = "f1"
+
+    def __init__(self, data_cfg, labels: list[str] | None = None):
+        super().__init__(data_cfg)
+        self.labels = list(labels or data_cfg.labels or []) or None
+
+    def input_columns(self) -> list[str]:
+        return [self.data_cfg.tokens_column]
+
+    def required_columns(self) -> list[str]:
+        return [self.data_cfg.tokens_column, self.data_cfg.tags_column]
+
+    def encode(self, dataset, source: str, is_train: bool):
+        d = self.data_cfg
+        tags = dataset[d.tags_column]
+        for row, (tokens, row_tags) in enumerate(zip(dataset[d.tokens_column], tags)):
+            if len(tokens) != len(row_tags):
+                raise UserError(f"{source}: sentence {row + 1}: {len(tokens)} tokens but {len(row_tags)} tags")
+            for tag in row_tags:
+                check_bio(tag, f"{source}: sentence {row + 1}")
+        if self.labels is None:
+            if not is_train:
+                raise UserError("data.labels: cannot infer the tag set without a train split")
+            found = {t for row_tags in tags for t in row_tags}
+            self.labels = ["O", *sorted(found - {"O"})]
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        for row, row_tags in enumerate(tags):
+            unknown = next((t for t in row_tags if t not in index), None)
+            if unknown is not None:
+                raise UserError(f"{source}: sentence {row + 1}: tag {unknown!r} is not one of {self.labels} "
+                                f"(set data.labels to the full tag set)")
+        return dataset.add_column("tag_ids", [[index[t] for t in row_tags] for row_tags in tags])
+
+    def model_kwargs(self) -> dict:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": {t: i for i, t in enumerate(self.labels)}}
+
+    def tokenize(self, dataset, tokenizer):
+        if not tokenizer.is_fast:
+            raise UserError("data.task=ner needs a fast tokenizer (word alignment); this model has none")
+        d = self.data_cfg
+
+        def encode(batch):
+            enc = tokenizer(batch[d.tokens_column], is_split_into_words=True, truncation=True,
+                            max_length=d.max_length)
+            # kept for reading predictions off; the Trainer drops it before the forward pass
+            enc["word_start"] = [[w is not None and w != p for w, p in zip(enc.word_ids(i), [None, *enc.word_ids(i)])]
+                                 for i in range(len(batch[d.tokens_column]))]
+            if "tag_ids" in batch:
+                enc[LABELS] = [first_subword_labels(enc.word_ids(i), tags) for i, tags in enumerate(batch["tag_ids"])]
+            return enc
+
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenize")
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(tokenizer)
+
+    def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
+        output = trainer.predict(tokenized, metric_key_prefix="eval")
+        ids = output.predictions.argmax(-1)
+        gold, predicted = [], []
+        for pred_row, gold_row in zip(ids, output.label_ids):
+            keep = [(p, g) for p, g in zip(pred_row, gold_row) if g != IGNORE]
+            gold.append([self.labels[g] for _, g in keep])
+            predicted.append([self.labels[p] for p, _ in keep])
+        metrics = entity_metrics(gold, predicted)
+        metrics["loss"] = round(output.metrics["eval_loss"], 5)
+        return metrics, self.records(raw, tokenized, ids)
+
+    def predict(self, trainer, inputs, generate_cfg=None) -> list[dict]:
+        tokenized = self.tokenize(inputs, trainer.processing_class)
+        return self.records(inputs, tokenized, trainer.predict(tokenized).predictions.argmax(-1))
+
+    def records(self, raw, tokenized, ids) -> list[dict]:
+        """Per sentence: its tokens, the predicted tag of each (read at its first sub-word; words
+        cut off by max_length get O), and the gold tags when known."""
+        d = self.data_cfg
+        out = []
+        for i, row in enumerate(raw):
+            tokens = row[d.tokens_column]
+            tags = [self.labels[t] for t, start in zip(ids[i], tokenized[i]["word_start"]) if start]
+            record = {"tokens": tokens, "prediction": (tags + ["O"] * len(tokens))[: len(tokens)]}
+            if "tag_ids" in row:
+                record["label"] = [self.labels[t] for t in row["tag_ids"]]
+            out.append(record)
+        return out
+
+    def metadata(self) -> dict:
+        return {"task": self.name, "labels": self.labels}
+
+    @classmethod
+    def from_metadata(cls, data_cfg, meta: dict) -> "NER":
+        return cls(data_cfg, labels=meta["labels"])
+
+
+def check_bio(tag: str, where: str) -> None:
+    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+        raise UserError(f"{where}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
+
+
+def first_subword_labels(word_ids: list, tags: list[int]) -> list[int]:
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(IGNORE if word is None or word == previous else tags[word])
+        previous = word
+    return labels
+
+
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """seqeval's entity-level precision / recall / F1 (+ token accuracy), per type too."""
+    from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+
+    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    per_type = {k: {"precision": round(v["precision"], 4), "recall": round(v["recall"], 4),
+                    "f1": round(v["f1-score"], 4), "support": int(v["support"])}
+                for k, v in report.items() if not k.endswith("avg")}
+    return {
+        "precision": float(precision_score(gold, predicted, zero_division=0)),
+        "recall": float(recall_score(gold, predicted, zero_division=0)),
+        "f1": float(f1_score(gold, predicted, zero_division=0)),
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "per_type": per_type,
+    }
+
+
+def read_conll(path) -> dict:
+    """A CoNLL-style file -> {"tokens": [[...]], "tags": [[...]]}; datasets has no builder for
+    local CoNLL files. The tag is the last whitespace-separated field; -DOCSTART- lines are skipped."""
+    sentences, tokens, tags = {"tokens": [], "tags": []}, [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if tokens:
+                    sentences["tokens"].append(tokens)
+                    sentences["tags"].append(tags)
+                    tokens, tags = [], []
+                continue
+            if len(fields) < 2:
+                raise UserError(f"{path}: line {number}: expected 'token tag', got {line.strip()!r}")
+            check_bio(fields[-1], f"{path}: line {number}")
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+    if tokens:
+        sentences["tokens"].append(tokens)
+        sentences["tags"].append(tags)
+    return sentences

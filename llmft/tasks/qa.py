@@ -1,0 +1,180 @@
+"""Extractive question answering (SQuAD style): the answer is a span of the context.
+
+Data: SQuAD JSON ({"data": [{"paragraphs": [{"context", "qas": [...]}]}]}) or JSON lines with
+id / question / context / answers ({"text": [...], "answer_start": [...]}). Long contexts are
+split into overlapping windows (``data.doc_stride``); training marks the answer's start/end
+tokens (or the CLS token when a window does not hold it); evaluation picks the best span over
+all windows of an example. Metrics: exact match and token F1 with SQuAD's answer normalisation
+(written here: the `evaluate` package fetches its SQuAD script from the hub and fails offline).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+
+from llmft.errors import UserError
+from llmft.tasks.base import Task
+
+
+class QA(Task):
+    name = "qa"
+    auto_model = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+    primary_metric = "f1"
+
+    def input_columns(self) -> list[str]:
+        return ["question", "context"]
+
+    def required_columns(self) -> list[str]:
+        return ["question", "context", "answers"]
+
+    def encode(self, dataset, source: str, is_train: bool):
+        for i, row in enumerate(dataset):
+            texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
+            if is_train and not texts:
+                raise UserError(f"{source}: record {row.get('id', i + 1)}: no answer to train on")
+            for text, start in zip(texts, starts):
+                if row["context"][start:start + len(text)] != text:
+                    raise UserError(f"{source}: record {row.get('id', i + 1)}: answer {text!r} is not at "
+                                    f"offset {start} of its context")
+        if "id" not in dataset.column_names:
+            dataset = dataset.add_column("id", [str(i) for i in range(len(dataset))])
+        return dataset
+
+    def tokenize(self, dataset, tokenizer):
+        d = self.data_cfg
+        pad_right = tokenizer.padding_side == "right"
+
+        def encode(batch):
+            enc = tokenizer(
+                batch["question"] if pad_right else batch["context"],
+                batch["context"] if pad_right else batch["question"],
+                truncation="only_second" if pad_right else "only_first",
+                max_length=d.max_length, stride=d.doc_stride, return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+            )
+            sample = enc.pop("overflow_to_sample_mapping")
+            context_index = 1 if pad_right else 0
+            enc["example_id"], enc["start_positions"], enc["end_positions"], offsets = [], [], [], []
+            for i, mapping in enumerate(enc["offset_mapping"]):
+                seq = enc.sequence_ids(i)
+                example = sample[i]
+                enc["example_id"].append(batch["id"][example])
+                offsets.append([o if seq[k] == context_index else None for k, o in enumerate(mapping)])
+                answers = batch["answers"][example] if "answers" in batch else None
+                start, end = span_positions(mapping, seq, context_index, answers)
+                enc["start_positions"].append(start)
+                enc["end_positions"].append(end)
+            enc["offset_mapping"] = offsets
+            return enc
+
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenize")
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        padding = DataCollatorWithPadding(tokenizer)
+
+        def collate(features):  # offsets and ids stay with the dataset, not the model input
+            return padding([{k: v for k, v in f.items() if k not in ("offset_mapping", "example_id")} for f in features])
+
+        return collate
+
+    def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
+        output = trainer.predict(tokenized, metric_key_prefix="eval")
+        answers = self.best_spans(raw, tokenized, output.predictions)
+        records = [{"id": row["id"], "question": row["question"], "prediction": answers[row["id"]],
+                    "label": row["answers"]["text"]} for row in raw]
+        metrics = squad_metrics([r["prediction"] for r in records], [r["label"] for r in records])
+        if "eval_loss" in output.metrics:
+            metrics["loss"] = round(output.metrics["eval_loss"], 5)
+        return metrics, records
+
+    def predict(self, trainer, inputs, generate_cfg=None) -> list[dict]:
+        if "id" not in inputs.column_names:
+            inputs = inputs.add_column("id", [str(i) for i in range(len(inputs))])
+        tokenized = self.tokenize(inputs, trainer.processing_class)
+        answers = self.best_spans(inputs, tokenized, trainer.predict(tokenized).predictions)
+        return [{"id": row["id"], "question": row["question"], "prediction": answers[row["id"]]} for row in inputs]
+
+    def best_spans(self, raw, tokenized, predictions) -> dict:
+        """Per example, the highest-scoring valid span (start <= end, both in the context,
+        at most data.max_answer_length tokens) over all its windows."""
+        start_logits, end_logits = predictions
+        windows = collections.defaultdict(list)
+        for i, example_id in enumerate(tokenized["example_id"]):
+            windows[example_id].append(i)
+        offsets_all = tokenized["offset_mapping"]
+        top, max_len = 20, self.data_cfg.max_answer_length
+        answers = {}
+        for row in raw:
+            best, best_score = "", float("-inf")
+            for i in windows[row["id"]]:
+                offsets = offsets_all[i]
+                starts = start_logits[i][: len(offsets)].argsort()[-top:][::-1]
+                ends = end_logits[i][: len(offsets)].argsort()[-top:][::-1]
+                for s in starts:
+                    for e in ends:
+                        if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_len:
+                            continue
+                        score = start_logits[i][s] + end_logits[i][e]
+                        if score > best_score:
+                            best_score, best = score, row["context"][offsets[s][0]:offsets[e][1]]
+            answers[row["id"]] = best
+        return answers
+
+
+def span_positions(offsets, sequence_ids, context_index, answers) -> tuple[int, int]:
+    """Token start/end of the first answer in this window; (0, 0) (the CLS token) if it is not inside."""
+    if not answers or not answers["text"]:
+        return 0, 0
+    start_char = answers["answer_start"][0]
+    end_char = start_char + len(answers["text"][0])
+    context = [k for k, s in enumerate(sequence_ids) if s == context_index]
+    first, last = context[0], context[-1]
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return 0, 0
+    start = next(k for k in range(first, last + 1) if offsets[k][1] > start_char)
+    end = next(k for k in range(last, first - 1, -1) if offsets[k][0] < end_char)
+    return start, end
+
+
+def read_squad(path) -> dict:
+    """SQuAD's nested JSON -> flat columns (id, question, context, answers)."""
+    data = json.loads(open(path, encoding="utf-8").read())["data"]
+    rows = {"id": [], "question": [], "context": [], "answers": []}
+    for article in data:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                rows["id"].append(str(qa["id"]))
+                rows["question"].append(qa["question"])
+                rows["context"].append(paragraph["context"])
+                rows["answers"].append({"text": [a["text"] for a in qa.get("answers", [])],
+                                        "answer_start": [a["answer_start"] for a in qa.get("answers", [])]})
+    return rows
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1: lower case, drop punctuation and articles, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_metrics(predictions: list[str], references: list[list[str]]) -> dict:
+    """Exact match and token F1, each the max over an example's reference answers, in percent."""
+    def f1(prediction: str, truth: str) -> float:
+        p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
+        common = sum((collections.Counter(p) & collections.Counter(t)).values())
+        if not p or not t:
+            return float(p == t)
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(p), common / len(t)
+        return 2 * precision * recall / (precision + recall)
+
+    n = max(len(predictions), 1)
+    exact = sum(max(normalize_answer(p) == normalize_answer(t) for t in refs) for p, refs in zip(predictions, references) if refs)
+    f1_total = sum(max(f1(p, t) for t in refs) for p, refs in zip(predictions, references) if refs)
+    return {"exact_match": round(100 * exact / n, 4), "f1": round(100 * f1_total / n, 4)}

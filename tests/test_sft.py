@@ -1,0 +1,65 @@
+"""Causal-LM SFT with a chat template: response-only loss, generation metrics, SmolLM2."""
+from __future__ import annotations
+
+import pytest
+from conftest import read_jsonl, read_results, run_cli
+
+
+def sft_args(model, train_file, run_dir, *extra):
+    return ["model=hf", f"model.name_or_path={model}", "data=jsonl_sft", f"data.train_file={train_file}",
+            "data.eval_fraction=0.2", "train.epochs=2", "train.batch_size=8", "train.lr=3e-3",
+            "train.logging_steps=2", "generate.max_new_tokens=6", "generate.max_examples=8",
+            "print_config=false", f"hydra.run.dir={run_dir}", *extra]
+
+
+def test_loss_covers_the_response_only(tiny_chat_llama):
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from llmft.config import DataConfig
+    from llmft.tasks.sft import SFT
+
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "x", "task": "sft", "max_length": 128})
+    task = SFT(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_llama)
+    raw = task.encode(Dataset.from_list([{"prompt": "great day", "response": "positive"}]), "x.jsonl", True)
+    row = task.tokenize(raw, tokenizer)[0]
+    prompt = tokenizer.apply_chat_template(raw[0]["chat"][:-1], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert row["labels"][:n_prompt] == [-100] * n_prompt
+    answer = row["labels"][n_prompt:]
+    assert answer == row["input_ids"][n_prompt:]
+    assert tokenizer.decode(answer).startswith("positive") and tokenizer.eos_token_id in answer  # learns to stop
+
+
+@pytest.mark.parametrize("layout, strategy", [("pairs", "full"), ("chats", "lora")])
+def test_sft_run(tmp_path, tiny_chat_llama, sft_data, layout, strategy):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", f"+strategy={strategy}", *sft_args(tiny_chat_llama, sft_data[layout], run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["task"] == "sft" and results["primary_metric"] == "rougeL"
+    assert set(results["eval"]) >= {"loss", "perplexity", "rougeL", "exact_match"}
+    assert results["eval"]["generated"] == 8
+    records = read_jsonl(run_dir / "predictions.jsonl")
+    assert len(records) == 8 and all({"prompt", "reference", "generation"} <= set(r) for r in records)
+    losses = [m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m]
+    assert losses[-1] < losses[0]
+
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}",
+                   "generate.max_new_tokens=6", "generate.max_examples=8", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(tmp_path / "eval")["eval"]["loss"] == pytest.approx(results["eval"]["loss"], rel=1e-4)
+
+
+def test_sft_needs_a_chat_template(tmp_path, tiny_llama, sft_data):
+    proc = run_cli("train", *sft_args(tiny_llama, sft_data["pairs"], tmp_path / "run"))
+    assert proc.returncode == 2 and "no chat template" in proc.stderr
+
+
+def test_sft_rejects_a_chat_without_the_answer(tmp_path, tiny_chat_llama):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    proc = run_cli("train", *sft_args(tiny_chat_llama, bad, tmp_path / "run"))
+    assert proc.returncode == 2 and "row 1" in proc.stderr and "assistant" in proc.stderr
