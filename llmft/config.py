@@ -8,7 +8,7 @@ model or data loads. Keep this module light: ``llmft --help`` and config composi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -24,6 +24,17 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless asked for
     # Task heads that a model without a pad token needs (e.g. Llama for classification).
     pad_token_fallback: str = "eos"  # eos | none
+
+
+@dataclass
+class PromptConfig:
+    """How prompting strategies (zero_shot, few_shot, pet) turn an input into a prompt."""
+    # {text} is the input; {mask} the mask token (masked LMs). For a causal LM the label word
+    # follows the template's end.
+    template: Optional[str] = None
+    # label -> list of words (first token scored). Any: so a whole dict can be given on the command line.
+    verbalizer: Any = None
+    content_free: str = "N/A"  # the input contextual calibration measures the bias with
 
 
 @dataclass
@@ -65,6 +76,7 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     max_length: int = 128
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
 
 
 @dataclass

@@ -44,6 +44,7 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.display import print_config, print_results
     from llmft.models import load_saved, read_metadata
     from llmft.run_dir import RunDir
+    from llmft.strategies import strategy_class
     from llmft.tasks import TASKS
     from llmft.trainer import build_trainer, eval_arguments
 
@@ -58,6 +59,7 @@ def main(cfg, run_path: str | Path) -> dict:
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)
     model, tokenizer = load_saved(model_dir, task, meta)
+    splits = strategy_class(meta.get("strategy", "full")).prepare_saved_data(splits, tokenizer, meta)
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)

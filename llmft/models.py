@@ -30,14 +30,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, pad_token_fallbac
     return tokenizer
 
 
-def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, **load_kwargs):
+def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto_class: str | None = None,
+               **load_kwargs):
+    """``auto_class`` (e.g. AutoModelForCausalLM for prompting) replaces the task's head."""
     import transformers
 
-    auto = getattr(transformers, task.auto_model)
+    auto = getattr(transformers, auto_class or task.auto_model)
+    head_kwargs = task.model_kwargs() if auto_class is None else {}
     try:
-        model = auto.from_pretrained(
-            path, trust_remote_code=trust_remote_code, **task.model_kwargs(), **load_kwargs
-        )
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
     except OSError as err:
         raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
@@ -45,11 +46,13 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, **lo
     return model
 
 
-def load_backbone(model_cfg, task, **load_kwargs):
-    """Tokenizer and model for a model config (the start of a training run)."""
+def load_backbone(model_cfg, task, strategy):
+    """Tokenizer and model for a model config (the start of a training run), loaded the way
+    the strategy needs (its Auto class, quantization)."""
     path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback)
-    model = load_model(path, task, tokenizer, model_cfg.trust_remote_code, **load_kwargs)
+    model = load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
+                       **strategy.model_load_kwargs())
     return model, tokenizer
 
 

@@ -20,6 +20,7 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.models import load_saved, read_metadata
     from llmft.paths import resolve_path
     from llmft.run_dir import RunDir
+    from llmft.strategies import strategy_class
     from llmft.tasks import TASKS
     from llmft.trainer import build_trainer, eval_arguments
 
@@ -32,6 +33,7 @@ def main(cfg, run_path: str | Path) -> dict:
     check_columns(inputs, str(path), task.input_columns(), cfg.data)
 
     model, tokenizer = load_saved(model_dir, task, meta)
+    inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware), model, tokenizer, task)
     started = time.perf_counter()
     records = task.predict(trainer, inputs, cfg.generate)

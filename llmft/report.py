@@ -41,10 +41,11 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
     table = []
     for r in runs:
         res = r["results"] or {}
-        train, params = res.get("train", {}), res.get("params", {})
+        train, params = res.get("train") or {}, res.get("params", {})
         metric = res.get("primary_metric", "")
         value = res.get("eval", {}).get(metric)
-        peak = train.get("peak_gpu_mb", train.get("peak_rss_mb"))
+        memory = res.get("memory", {})
+        peak = memory.get("peak_gpu_mb", memory.get("peak_rss_mb"))
         table.append([
             str(r["path"].relative_to(root)) or ".", str(r["strategy"] or "?"),
             *[r["overrides"].get(k, "") for k in swept],

@@ -38,10 +38,11 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     strategy = build_strategy(cfg, task)
     splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
 
-    model, tokenizer = load_backbone(cfg.model, task, **strategy.model_load_kwargs())
+    model, tokenizer = load_backbone(cfg.model, task, strategy)
+    splits = strategy.prepare_data(splits, tokenizer)
     model = strategy.apply(model)
     params = count_parameters(model)
-    train_set = task.tokenize(splits["train"], tokenizer)
+    train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
     results = None
@@ -53,9 +54,13 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks],
             param_groups=strategy.param_groups(model),
         )
-        if resume_from:
-            log.info("resuming from %s", resume_from)
-        trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_figures = None
+        if strategy.trains:
+            if resume_from:
+                log.info("resuming from %s", resume_from)
+            trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            train_figures = train_summary(trainer, trained, resume_step)
+        strategy.before_eval(trainer)
         save_model(trainer, strategy, tokenizer, run.model_dir, meta={
             **task.metadata(),
             **strategy.metadata(),
@@ -64,9 +69,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "trust_remote_code": cfg.model.trust_remote_code,
         })
 
-        metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
-        runtime = trained.metrics["train_runtime"]
-        tokens = trainer.state.num_input_tokens_seen
+        metrics, records = strategy.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
         results = {
             "status": "completed",
             "run_dir": str(run.path),
@@ -77,21 +80,12 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "strategy": cfg.strategy.name,
             "seed": cfg.seed,
             "primary_metric": task.primary_metric,
-            "num_train_examples": len(train_set),
+            "num_train_examples": len(splits["train"]),
             "num_eval_examples": len(eval_set),
             "eval": metrics,
             "baseline": task.baseline(splits["train"], splits["eval"]),
-            "train": {
-                "runtime_s": round(runtime, 2),
-                "resumed_from_step": resume_step,
-                "steps": trainer.state.global_step,
-                "epochs": round(trainer.state.epoch or 0.0, 4),
-                "final_loss": round(trained.training_loss, 4),
-                "samples_per_s": round(trained.metrics["train_samples_per_second"], 2),
-                "tokens_seen": int(tokens),
-                "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
-                **memory_figures(),
-            },
+            "train": train_figures,
+            "memory": memory_figures(),
             "params": params,
             "strategy_report": strategy.report(),
             "wall_time_s": round(time.perf_counter() - started, 1),
@@ -103,3 +97,18 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         finish_tracker(results)
     print_results(results)
     return results
+
+
+def train_summary(trainer, trained, resume_step: int) -> dict:
+    runtime = trained.metrics["train_runtime"]
+    tokens = trainer.state.num_input_tokens_seen
+    return {
+        "runtime_s": round(runtime, 2),
+        "resumed_from_step": resume_step,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "final_loss": round(trained.training_loss, 4),
+        "samples_per_s": round(trained.metrics["train_samples_per_second"], 2),
+        "tokens_seen": int(tokens),
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
+    }

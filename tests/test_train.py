@@ -32,7 +32,7 @@ def test_train_writes_a_complete_run_folder(request, tmp_path, tiny_data, model_
     assert results["num_eval_examples"] == 30 and results["num_train_examples"] == 96
     train = results["train"]
     assert train["steps"] == 24 and train["tokens_per_s"] > 0 and train["samples_per_s"] > 0
-    assert train["peak_rss_mb"] > 0
+    assert results["memory"]["peak_rss_mb"] > 0
     params = results["params"]
     assert 0 < params["trainable"] <= params["total"]
     if strategy == "lora":

@@ -24,6 +24,7 @@ class Strategy:
     name: ClassVar[str]
     config: ClassVar[type[StrategyConfig]] = StrategyConfig
     saves_adapter: ClassVar[bool] = False  # True: model/ holds only the trained parameters
+    trains: ClassVar[bool] = True  # False: evaluate the model as it is (prompting)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -41,6 +42,25 @@ class Strategy:
 
     def model_load_kwargs(self) -> dict:
         return {}
+
+    def model_class(self, path: str) -> str | None:
+        """The transformers Auto class to load; None: the task's (its head)."""
+        return None
+
+    def prepare_data(self, splits: dict, tokenizer) -> dict:
+        """Change the raw splits before tokenization (prompting renders its templates here)."""
+        return splits
+
+    @classmethod
+    def prepare_saved_data(cls, splits: dict, tokenizer, meta: dict) -> dict:
+        """The same change for ``llmft eval`` / ``predict`` of a saved model."""
+        return splits
+
+    def before_eval(self, trainer) -> None:
+        """Called once training is done (or skipped), before the eval split is scored."""
+
+    def evaluate(self, trainer, eval_set, raw_eval, generate_cfg):
+        return self.task.evaluate(trainer, eval_set, raw_eval, generate_cfg)
 
     def apply(self, model):
         return model

@@ -1,0 +1,114 @@
+"""Zero-shot prompting: no training. Each input is rendered with data.prompt.template and the label
+whose verbalizer words the LM scores highest wins (see llmft/prompting.py). With ``calibrate``,
+contextual calibration divides out the label scores of a content-free input first."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmft.config import StrategyConfig
+from llmft.errors import UserError
+from llmft.strategies.base import Strategy
+
+LM_CLASSES = {"causal": "AutoModelForCausalLM", "masked": "AutoModelForMaskedLM"}
+
+
+@dataclass
+class ZeroShotStrategyConfig(StrategyConfig):
+    name: str = "zero_shot"
+    calibrate: bool = True  # contextual calibration with data.prompt.content_free
+
+
+class ZeroShot(Strategy):
+    name = "zero_shot"
+    config = ZeroShotStrategyConfig
+    trains = False
+
+    @classmethod
+    def validate_config(cls, run_cfg) -> None:
+        if run_cfg.data.task != "classification":
+            raise UserError(f"strategy={run_cfg.strategy.name} scores label words: it needs data.task=classification "
+                            f"(got {run_cfg.data.task})")
+        prompt = run_cfg.data.prompt
+        if not prompt.template or not prompt.verbalizer:
+            raise UserError(f"strategy={run_cfg.strategy.name} needs data.prompt.template and data.prompt.verbalizer")
+
+    # ------------------------------------------------------------------ run
+    def model_class(self, path: str) -> str:
+        from llmft.prompting import lm_kind
+
+        self.kind = lm_kind(path, self.run_cfg.model.trust_remote_code)
+        return LM_CLASSES[self.kind]
+
+    def prepare_data(self, splits: dict, tokenizer) -> dict:
+        from llmft.prompting import check_prompt
+
+        check_prompt(self.run_cfg.data.prompt, self.task.labels, self.kind)
+        self.tokenizer = tokenizer
+        return self.render_splits(splits, tokenizer, self.prompt_meta())
+
+    def apply(self, model):
+        from llmft.prompting import label_token_ids, prompt_classifier
+
+        model.requires_grad_(self.trains)
+        ids = label_token_ids(self.cfg_prompt().verbalizer, self.task.labels, self.tokenizer)
+        return prompt_classifier(model, ids, self.kind, self.tokenizer.mask_token_id)
+
+    def before_eval(self, trainer) -> None:
+        from llmft.prompting import calibrate
+
+        self.calibration = None
+        if self.cfg.calibrate:
+            self.calibration = calibrate(trainer.model, self.tokenizer, self.template(), self.cfg_prompt().content_free)
+
+    def report(self) -> dict:
+        return {"calibration_offsets": self.calibration} if self.calibration else {}
+
+    # ------------------------------------------------------------ prompts
+    def cfg_prompt(self):
+        return self.run_cfg.data.prompt
+
+    def template(self) -> str:
+        return self.cfg_prompt().template
+
+    def prompt_meta(self) -> dict:
+        from omegaconf import OmegaConf
+
+        return {"prompt": OmegaConf.to_container(self.cfg_prompt()), "lm_kind": self.kind,
+                "template": self.template(), "text_column": self.run_cfg.data.text_column}
+
+    @staticmethod
+    def render_splits(splits: dict, tokenizer, meta: dict) -> dict:
+        from llmft.prompting import render
+
+        if meta["lm_kind"] == "causal":
+            tokenizer.padding_side = "left"  # the scored position is the last one
+        column = meta["text_column"]
+        return {name: ds.map(lambda row: {column: render(meta["template"], row[column], tokenizer)}, desc="prompts")
+                for name, ds in splits.items()}
+
+    # ------------------------------------------------------------ saving
+    def metadata(self) -> dict:
+        return {**self.prompt_meta(), "calibration": self.calibration}
+
+    def save(self, trainer, model_dir: Path) -> None:
+        model_dir.mkdir(parents=True, exist_ok=True)  # nothing trained: llmft.json says it all
+
+    @classmethod
+    def prepare_saved_data(cls, splits: dict, tokenizer, meta: dict) -> dict:
+        return cls.render_splits(splits, tokenizer, meta)
+
+    @classmethod
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer):
+        import torch
+
+        from llmft.models import load_model
+        from llmft.prompting import label_token_ids, prompt_classifier
+
+        source = str(model_dir) if (model_dir / "config.json").is_file() else meta["base_model"]
+        lm = load_model(source, task, tokenizer, meta.get("trust_remote_code", False), LM_CLASSES[meta["lm_kind"]])
+        ids = label_token_ids(meta["prompt"]["verbalizer"], task.labels, tokenizer)
+        model = prompt_classifier(lm, ids, meta["lm_kind"], tokenizer.mask_token_id)
+        if meta.get("calibration"):
+            model.calibration.copy_(torch.tensor(meta["calibration"]))
+        return model

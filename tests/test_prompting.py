@@ -1,0 +1,169 @@
+"""Prompt-based classification (zero_shot, few_shot, pet) on a tiny causal LM whose scores we
+control: its blocks are switched off (zero output projections), so the next-token scores after a
+prompt depend only on the prompt's last token, through the tied embedding matrix: the token
+itself scores highest. A text ending in a label word must therefore get that label."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import read_jsonl, read_results, run_cli, write_csv
+
+WORDS = {"negative": "awful", "neutral": "table", "positive": "great"}
+
+
+@pytest.fixture(scope="module")
+def echo_lm(tmp_path_factory, tiny_llama):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("echo-lm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def biased_lm(tmp_path_factory, tiny_llama):
+    """Like echo_lm, plus a bias toward "great": every embedding shares a vector c and the output
+    row of "great" carries 3c, so uncalibrated it wins for every input."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("biased-lm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    great = tokenizer("great", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        embed.normal_()
+        common = torch.randn(64)
+        embed += common
+        model.lm_head.weight.copy_(embed)
+        model.lm_head.weight[great] += 2 * common
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cloze_data(tmp_path_factory):
+    import random
+
+    rng = random.Random(3)
+    filler = ["the", "a", "today", "my", "was", "this", "it", "so"]
+    rows = [{"text": " ".join(rng.sample(filler, 3) + [WORDS[label]]), "label": label}
+            for label in WORDS for _ in range(10)]
+    root = tmp_path_factory.mktemp("cloze")
+    return write_csv(root / "train.csv", rows), write_csv(root / "eval.csv", rows[::2])
+
+
+def prompt_args(model, data, run_dir, *extra, words=WORDS):
+    verbalizer = "{" + ",".join(f"{label}:[{word}]" for label, word in words.items()) + "}"
+    return ["model=hf", f"model.name_or_path={model}", "data=csv", f"data.train_file={data[0]}",
+            f"data.eval_file={data[1]}", "data.prompt.template='{text}'", f"data.prompt.verbalizer={verbalizer}",
+            "print_config=false", f"hydra.run.dir={run_dir}", *extra]
+
+
+def test_zero_shot_verbalizer_picks_the_label_the_model_scores(tmp_path, echo_lm, cloze_data):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=zero_shot", "strategy.calibrate=false", *prompt_args(echo_lm, cloze_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["eval"]["accuracy"] == 1.0 and results["train"] is None
+    assert results["params"]["trainable"] == 0
+
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_jsonl(tmp_path / "eval" / "predictions.jsonl") == read_jsonl(run_dir / "predictions.jsonl")
+
+
+def test_calibration_removes_a_label_bias(tmp_path, biased_lm, cloze_data):
+    import torch
+
+    from llmft.models import load_saved, read_metadata
+    from llmft.prompting import render
+    from llmft.tasks import TASKS
+
+    raw_dir, calibrated_dir = tmp_path / "raw", tmp_path / "calibrated"
+    proc = run_cli("train", "+strategy=zero_shot", "strategy.calibrate=false", *prompt_args(biased_lm, cloze_data, raw_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {r["prediction"] for r in read_jsonl(raw_dir / "predictions.jsonl")} == {"positive"}  # the bias
+    proc = run_cli("train", "+strategy=zero_shot", "data.prompt.content_free=the",
+                   *prompt_args(biased_lm, cloze_data, calibrated_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(calibrated_dir)["eval"]["accuracy"] == 1.0  # calibration removed it
+
+    # After calibration the content-free input scores every label the same.
+    meta = read_metadata(calibrated_dir / "model")
+    assert meta["calibration"] == read_results(calibrated_dir)["strategy_report"]["calibration_offsets"]
+    task = TASKS.get("classification").from_metadata(None, meta)
+    model, tokenizer = load_saved(calibrated_dir / "model", task, meta)
+    with torch.no_grad():
+        logits = model(**tokenizer([render("{text}", "the", tokenizer)], return_tensors="pt")).logits[0]
+    assert torch.allclose(logits.log_softmax(-1), torch.full((3,), -torch.log(torch.tensor(3.0))), atol=1e-4)
+
+
+def test_few_shot_reports_every_seed(tmp_path, echo_lm, cloze_data):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=few_shot", "strategy.k=1", "strategy.seeds=[1,2]",
+                   *prompt_args(echo_lm, cloze_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert [s["seed"] for s in results["eval"]["per_seed"]] == [1, 2]
+    assert "accuracy_std" in results["eval"]
+    first = read_jsonl(run_dir / "predictions.jsonl")[0]["text"]
+    assert first.count("\n\n") == 3  # three demonstrations (k=1 per label) before the prompt
+
+
+def test_pet_trains_the_cloze_and_reloads(tmp_path, echo_lm, cloze_data):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=pet", "train.max_steps=4", "train.batch_size=8", "train.lr=1e-3",
+                   *prompt_args(echo_lm, cloze_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["train"]["steps"] == 4 and results["params"]["trainable"] > 0
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(tmp_path / "eval")["eval"]["accuracy"] == pytest.approx(results["eval"]["accuracy"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.prompt.template='Sentiment:'"], "{text} slot"),
+    (["data.prompt.template='{text} It was {mask}.'"], "causal LM scores the next token"),
+    ([], "no words for ['neutral', 'positive']"),
+])
+def test_prompt_errors(tmp_path, echo_lm, cloze_data, extra, message):
+    words = WORDS if extra else {"negative": "awful"}
+    proc = run_cli("train", "+strategy=zero_shot", *prompt_args(echo_lm, cloze_data, tmp_path / "run", words=words),
+                   *extra)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_prompting_needs_an_lm_head(tmp_path, tiny_llama, cloze_data):
+    proc = run_cli("train", "+strategy=zero_shot", *prompt_args(tiny_llama, cloze_data, tmp_path / "run"))
+    assert proc.returncode == 2 and "language-model head" in proc.stderr
+
+
+def test_zero_shot_needs_classification(tmp_path, echo_lm, ner_data):
+    proc = run_cli("train", "+strategy=zero_shot", "model=hf", f"model.name_or_path={echo_lm}", "data=conll_file",
+                   f"data.train_file={ner_data['train']}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "data.task=classification" in proc.stderr
