@@ -8,7 +8,7 @@ model or data loads. Keep this module light: ``llmft --help`` and config composi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 

@@ -4,7 +4,6 @@ prompt depend only on the prompt's last token, through the tied embedding matrix
 itself scores highest. A text ending in a label word must therefore get that label."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from conftest import read_jsonl, read_results, run_cli, write_csv
