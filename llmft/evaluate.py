@@ -1,7 +1,7 @@
-"""Evaluation: predict a split, score it, and the ``llmft eval`` command for saved models.
+"""``llmft eval model_dir=RUN/model``: re-evaluate a saved model, adapter or prompt.
 
     model_dir/llmft.json -> task -> data (the run's own data config unless overridden)
-        -> model or adapter -> predict -> predictions.jsonl, results.json (last)
+        -> model as its strategy saved it -> task.evaluate -> predictions.jsonl, results.json (last)
 """
 from __future__ import annotations
 
