@@ -18,7 +18,7 @@ def assert_user_error(proc, *expected: str) -> None:
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["+strategy=nope"], ["strategy=nope", "available: adapter, bitfit, dora, freeze, full"]),
+        (["+strategy=nope"], ["strategy=nope", "available: adapter, bitfit, dora,", " full,", " lora,"]),
         (["strategy=nope"], ["strategy=nope", "available:"]),
         (["model=nope"], ["model=nope", "minilm"]),
         (["-m", "+strategy=full,nope"], ["strategy=nope"]),
