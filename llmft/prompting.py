@@ -9,8 +9,11 @@ scored by its first token (use single-token words where the ranking matters).
 """
 from __future__ import annotations
 
+import logging
+
 from llmft.errors import UserError
 
+log = logging.getLogger(__name__)
 MASK_SLOT = "{mask}"
 
 
@@ -59,6 +62,9 @@ def label_token_ids(verbalizer: dict, labels: list[str], tokenizer) -> list[list
             tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
             if not tokens:
                 raise UserError(f"data.prompt.verbalizer: {word!r} ({label}) is no token at all")
+            if len(tokens) > 1:
+                log.warning("verbalizer word %r (%s) is %d tokens; its first token %r is scored",
+                            word, label, len(tokens), tokenizer.decode(tokens[:1]))
             first.append(tokens[0])
         ids.append(sorted(set(first)))
     return ids

@@ -66,3 +66,18 @@ def test_bad_bio_tag_names_file_and_line(tmp_path, tiny_bert, ner_data):
     bad.write_text("great B-POS\nday O\n\nawful B-NEG\nweek X-NEG\n")
     proc = run_cli("train", *ner_args(tiny_bert, {"train": bad, "eval": ner_data["eval"]}, tmp_path / "run"))
     assert proc.returncode == 2 and "bad.conll: line 5" in proc.stderr and "'X-NEG'" in proc.stderr
+
+
+def test_hub_style_class_label_tags_are_read_by_name():
+    """Hub datasets such as conll2003 store tags as ClassLabel ids."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from omegaconf import OmegaConf
+
+    from llmft.config import DataConfig
+    from llmft.tasks.ner import NER
+
+    features = Features({"tokens": Sequence(Value("string")), "tags": Sequence(ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    data = Dataset.from_dict({"tokens": [["Ada", "Lovelace", "wrote"]], "tags": [[1, 2, 0]]}, features=features)
+    task = NER(OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "hub", "task": "ner"}))
+    encoded = task.encode(data, "conll2003[train]", is_train=True)
+    assert task.labels == ["O", "B-PER", "I-PER"] and encoded["tag_ids"] == [[1, 2, 0]]

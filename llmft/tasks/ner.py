@@ -32,6 +32,10 @@ class NER(Task):
 
     def encode(self, dataset, source: str, is_train: bool):
         d = self.data_cfg
+        names = getattr(getattr(dataset.features.get(d.tags_column), "feature", None), "names", None)
+        if names:  # hub datasets (e.g. conll2003) store tags as class ids: use their names
+            named = [[names[t] for t in row] for row in dataset[d.tags_column]]
+            dataset = dataset.remove_columns(d.tags_column).add_column(d.tags_column, named)
         tags = dataset[d.tags_column]
         for row, (tokens, row_tags) in enumerate(zip(dataset[d.tokens_column], tags)):
             if len(tokens) != len(row_tags):
