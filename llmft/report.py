@@ -29,8 +29,17 @@ def read_run(run: Path) -> dict:
     if strategy is None and (run / ".hydra" / "config.yaml").is_file():
         config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
         strategy = (config.get("strategy") or {}).get("name")
-    return {"path": run, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra")),
+    pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
+    return {"path": run, "overrides": {key: _canonical(value) for key, value in pairs},
             "results": results, "strategy": strategy}
+
+
+def _canonical(value: str) -> str:
+    """One spelling per value, so 5e-5 / 5e-05 and false / False compare equal across runs."""
+    try:
+        return format(float(value), "g")
+    except ValueError:
+        return value.lower() if value.lower() in ("true", "false") else value
 
 
 def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
