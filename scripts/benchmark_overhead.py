@@ -41,11 +41,12 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
 
     from llmft.app import config_dir
+    from llmft.cli import normalize_overrides
     from llmft.config import register_configs, validate
 
     register_configs()
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="benchmark"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=False)
+        cfg = hydra_compose("train", overrides=normalize_overrides(overrides))
     validate(cfg)
     return cfg
 

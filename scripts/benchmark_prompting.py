@@ -23,11 +23,12 @@ def compose(overrides):
     from hydra import initialize_config_dir
 
     from llmft.app import config_dir
+    from llmft.cli import normalize_overrides
     from llmft.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="benchmark"):
-        return hydra_compose("train", overrides=overrides)
+        return hydra_compose("train", overrides=normalize_overrides(overrides))
 
 
 def timed(fn, batches, warmup: int = 1) -> tuple[float, list]:
