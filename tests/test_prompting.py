@@ -11,15 +11,14 @@ from conftest import read_jsonl, read_results, run_cli, write_csv
 WORDS = {"negative": "awful", "neutral": "table", "positive": "great"}
 
 
-@pytest.fixture(scope="module")
-def echo_lm(tmp_path_factory, tiny_llama):
+def blockless_llama(tokenizer, tie: bool):
+    """A 1-block Llama whose block adds nothing (zero output projections): the next-token scores
+    depend only on the last token's embedding."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("echo-lm")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=tie,
                          bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -27,7 +26,17 @@ def echo_lm(tmp_path_factory, tiny_llama):
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def echo_lm(tmp_path_factory, tiny_llama):
+    """Tied embeddings: after a prompt, its last token scores highest."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("echo-lm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    blockless_llama(tokenizer, tie=True).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -37,20 +46,13 @@ def biased_lm(tmp_path_factory, tiny_llama):
     """Like echo_lm, plus a bias toward "great": every embedding shares a vector c and the output
     row of "great" carries 3c, so uncalibrated it wins for every input."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("biased-lm")
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
-                         bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = blockless_llama(tokenizer, tie=False)
     great = tokenizer("great", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
         embed = model.model.embed_tokens.weight
         embed.normal_()
         common = torch.randn(64)
