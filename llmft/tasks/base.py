@@ -26,8 +26,11 @@ class Task:
         super().__init_subclass__(**kwargs)
         TASKS.register(cls)
 
-    def __init__(self, data_cfg):
+    def __init__(self, data_cfg, labels: list[str] | None = None):
         self.data_cfg = data_cfg
+        # Label names in id order (tasks with a label set): saved ones win over the data config's.
+        configured = data_cfg.labels if data_cfg is not None else None
+        self.labels = list(labels or configured or []) or None
 
     def input_columns(self) -> list[str]:
         """Columns a prediction needs (``llmft predict`` inputs)."""
@@ -79,8 +82,8 @@ class Task:
 
     def metadata(self) -> dict:
         """Saved next to the model (model/llmft.json) so eval can rebuild the task."""
-        return {"task": self.name}
+        return {"task": self.name, **({"labels": self.labels} if self.labels else {})}
 
     @classmethod
     def from_metadata(cls, data_cfg, meta: dict) -> "Task":
-        return cls(data_cfg)
+        return cls(data_cfg, labels=meta.get("labels"))

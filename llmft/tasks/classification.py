@@ -16,10 +16,6 @@ class Classification(Task):
     primary_metric = "accuracy"
     stratify_column = LABEL_COLUMN
 
-    def __init__(self, data_cfg, labels: list[str] | None = None):
-        super().__init__(data_cfg)
-        self.labels = list(labels or data_cfg.labels or []) or None
-
     def input_columns(self) -> list[str]:
         return [c for c in (self.data_cfg.text_column, self.data_cfg.text_pair_column) if c]
 
@@ -122,10 +118,3 @@ class Classification(Task):
             record.update(prediction=self.labels[best], confidence=round(float(probs[i][best]), 4))
             records.append(record)
         return records
-
-    def metadata(self) -> dict:
-        return {"task": self.name, "labels": self.labels}
-
-    @classmethod
-    def from_metadata(cls, data_cfg, meta: dict) -> "Classification":
-        return cls(data_cfg, labels=meta["labels"])

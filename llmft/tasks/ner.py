@@ -20,10 +20,6 @@ class NER(Task):
     peft_task_type = "TOKEN_CLS"
     primary_metric = "f1"
 
-    def __init__(self, data_cfg, labels: list[str] | None = None):
-        super().__init__(data_cfg)
-        self.labels = list(labels or data_cfg.labels or []) or None
-
     def input_columns(self) -> list[str]:
         return [self.data_cfg.tokens_column]
 
@@ -110,13 +106,6 @@ class NER(Task):
                 record["label"] = [self.labels[t] for t in row["tag_ids"]]
             out.append(record)
         return out
-
-    def metadata(self) -> dict:
-        return {"task": self.name, "labels": self.labels}
-
-    @classmethod
-    def from_metadata(cls, data_cfg, meta: dict) -> "NER":
-        return cls(data_cfg, labels=meta["labels"])
 
 
 def check_bio(tag: str, where: str) -> None:
