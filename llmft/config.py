@@ -24,6 +24,9 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless asked for
     # Task heads that a model without a pad token needs (e.g. Llama for classification).
     pad_token_fallback: str = "eos"  # eos | none
+    # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/crf.py.
+    crf: bool = False
+    crf_lr_scale: float = 100.0  # the CRF's learning rate = train.lr * this
 
 
 @dataclass
@@ -251,6 +254,9 @@ def validate(cfg) -> None:
         value = _get(cfg, key)
         _require(value is None or value >= 1, key, f"must be >= 1 (got {value})")
     _validate_data(cfg.data)
+    if "model" in cfg and cfg.model.crf:
+        _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
+        _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
     if "strategy" in cfg:
         from llmft.strategies import strategy_class
 

@@ -23,6 +23,7 @@ MERGEABLE = ("lora", "dora", "ia3")
 def main(cfg, run_path: str | Path) -> dict:
     import torch
 
+    from llmft.crf import CRF_FILE
     from llmft.data import load_splits
     from llmft.display import console
     from llmft.models import META_FILE, load_model, load_saved, read_metadata
@@ -38,9 +39,10 @@ def main(cfg, run_path: str | Path) -> dict:
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)
     model, tokenizer = load_saved(model_dir, task, meta)
+    model = getattr(model, "encoder", model)  # a CRF tagger: merge its encoder, copy the CRF as it is
     sample = task.tokenize(splits["eval"].select(range(min(cfg.check_examples, len(splits["eval"])))), tokenizer)
     batch = {k: v for k, v in task.collator(tokenizer)([sample[i] for i in range(len(sample))]).items()
-             if k != "labels"}
+             if k not in ("labels", "word_start")}
 
     with torch.no_grad():
         adapter_logits = model(**batch).logits
@@ -51,6 +53,8 @@ def main(cfg, run_path: str | Path) -> dict:
             shutil.rmtree(out)
         merged.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
+        if meta.get("crf"):
+            shutil.copy(model_dir / CRF_FILE, out / CRF_FILE)
         reloaded = load_model(str(out), task, tokenizer, meta.get("trust_remote_code", False)).eval()
         merged_logits = reloaded(**batch).logits
 

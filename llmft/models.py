@@ -64,9 +64,21 @@ def count_parameters(model) -> dict:
 
 def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> None:
     """Save as the strategy says (by default through the Trainer, which handles PEFT and
-    distributed saving), then the tokenizer and the metadata."""
-    strategy.save(trainer, model_dir)
+    distributed saving), then the tokenizer and the metadata. A CRF tagger saves its encoder
+    that way and its CRF beside it."""
+    from llmft.crf import CrfTagger
+
+    tagger = trainer.model if isinstance(trainer.model, CrfTagger) else None
+    if tagger is not None:
+        trainer.model = tagger.encoder
+    try:
+        strategy.save(trainer, model_dir)
+    finally:
+        if tagger is not None:
+            trainer.model = tagger
     if trainer.is_world_process_zero():
+        if tagger is not None:
+            tagger.save_crf(model_dir)
         tokenizer.save_pretrained(str(model_dir))
         (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -86,6 +98,10 @@ def load_saved(model_dir: Path, task, meta: dict):
 
     tokenizer = load_tokenizer(str(model_dir), meta.get("trust_remote_code", False))
     model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
+    if meta.get("crf"):
+        from llmft.crf import CrfTagger
+
+        model = CrfTagger(model, task.labels).load_crf(model_dir)
     return model.eval(), tokenizer
 
 

@@ -41,6 +41,12 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     model, tokenizer = load_backbone(cfg.model, task, strategy)
     splits = strategy.prepare_data(splits, tokenizer)
     model = strategy.apply(model)
+    param_groups = strategy.param_groups(model)
+    if cfg.model.crf:
+        from llmft.crf import CrfTagger
+
+        model = CrfTagger(model, task.labels)
+        param_groups = model.param_groups(param_groups, cfg.model.crf_lr_scale)
     params = count_parameters(model)
     train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
     eval_set = task.tokenize(splits["eval"], tokenizer)
@@ -52,7 +58,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         trainer = build_trainer(
             args, model, tokenizer, task, train_set,
             callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks],
-            param_groups=strategy.param_groups(model),
+            param_groups=param_groups,
         )
         train_figures = None
         if strategy.trains:
@@ -64,6 +70,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         save_model(trainer, strategy, tokenizer, run.model_dir, meta={
             **task.metadata(),
             **strategy.metadata(),
+            "crf": cfg.model.crf,
             "strategy": cfg.strategy.name,
             "base_model": resolve_model_path(cfg.model.name_or_path),
             "trust_remote_code": cfg.model.trust_remote_code,

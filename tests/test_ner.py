@@ -31,11 +31,12 @@ def test_first_subword_alignment():
     assert first_subword_labels([None, 0, 0, 1, None], [3, 4]) == [IGNORE, 3, IGNORE, 4, IGNORE]
 
 
-@pytest.mark.parametrize("fixture, strategy", [("tiny_bert", "full"), ("tiny_llama", "lora")])
-def test_ner_run_eval_and_predict(request, tmp_path, ner_data, fixture, strategy):
+@pytest.mark.parametrize("fixture, strategy, crf", [("tiny_bert", "full", False), ("tiny_llama", "lora", False),
+                                                    ("tiny_bert", "lora", True)])
+def test_ner_run_eval_and_predict(request, tmp_path, ner_data, fixture, strategy, crf):
     model = request.getfixturevalue(fixture)
     run_dir = tmp_path / "run"
-    proc = run_cli("train", f"+strategy={strategy}", *ner_args(model, ner_data, run_dir))
+    proc = run_cli("train", f"+strategy={strategy}", *ner_args(model, ner_data, run_dir), f"model.crf={crf}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
     assert results["task"] == "ner" and results["primary_metric"] == "f1"
@@ -45,6 +46,11 @@ def test_ner_run_eval_and_predict(request, tmp_path, ner_data, fixture, strategy
     assert all(len(r["prediction"]) == len(r["tokens"]) == len(r["label"]) for r in records)
     from llmft.tasks.ner import entity_metrics
 
+    if crf:  # Viterbi with BIO constraints: no I-X without a B-X or I-X of the same type before it
+        from llmft.crf import allowed
+
+        assert (run_dir / "model" / "crf.safetensors").is_file() and (run_dir / "model" / "adapter_config.json").is_file()
+        assert all(allowed(prev, tag) for r in records for prev, tag in zip([None, *r["prediction"]], r["prediction"]))
     again = entity_metrics([r["label"] for r in records], [r["prediction"] for r in records])
     assert again["f1"] == pytest.approx(results["eval"]["f1"])  # the records are what was scored
 
@@ -59,6 +65,48 @@ def test_ner_run_eval_and_predict(request, tmp_path, ner_data, fixture, strategy
     assert proc.returncode == 0, proc.stderr[-3000:]
     predicted = read_jsonl(tmp_path / "predict" / "predictions.jsonl")
     assert [p["prediction"] for p in predicted] == [r["prediction"] for r in records]
+
+
+def test_viterbi_decodes_a_hand_made_example():
+    """Two tags (0, 1), three words. Emissions alone say 0 1 0; transitions 1->0 = -3 and
+    0->0 = -0.5 make 0 1 1 best: 0 1 0 = 6-3 = 3, 0 1 1 = 4, 0 0 0 = 4-1 = 3, 1 1 1 = 2, 1 1 0 = 1."""
+    import torch
+
+    from llmft.crf import CrfTagger, pack_words
+
+    tagger = CrfTagger(torch.nn.Linear(1, 1), ["O", "B-X"])  # the encoder is not used here
+    with torch.no_grad():
+        tagger.crf.start_transitions.zero_()
+        tagger.crf.end_transitions.zero_()
+        tagger.crf.transitions.copy_(torch.tensor([[-0.5, 0.0], [-3.0, 0.0]]))  # [from, to]
+    emissions = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])
+    assert tagger.crf.decode(emissions) == [[0, 1, 1]]
+    # words start at tokens 1, 2 and 4 (0 is [CLS], 3 a continuation): packing keeps those, in order
+    logits = torch.zeros(1, 6, 2)
+    logits[0, [1, 2, 4]] = emissions[0]
+    packed, mask, positions = pack_words(logits, torch.tensor([[False, True, True, False, True, False]]))
+    assert positions.tolist() == [[1, 2, 4]] and mask.all() and torch.equal(packed, emissions)
+
+
+def test_crf_forbids_bio_invalid_transitions():
+    import torch
+
+    from llmft.crf import CrfTagger
+
+    tagger = CrfTagger(torch.nn.Linear(1, 1), ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    # per-word scores alone say O I-PER I-PER: invalid; the decoded path must start the entity with B-PER
+    emissions = torch.tensor([[[3.0, 0, 0, 0, 0], [0, 1.0, 2.0, 0, 0], [0, 0, 2.0, 0, 0]]])
+    assert tagger.crf.decode(emissions) == [[0, 1, 2]]
+    # B-LOC -> I-PER is forbidden too
+    emissions = torch.tensor([[[0, 0, 0, 3.0, 0], [0, 0, 2.0, 0, 1.0]]])
+    assert tagger.crf.decode(emissions) == [[3, 4]]
+
+
+def test_crf_is_for_ner_only(tmp_path, tiny_bert, tiny_data):
+    proc = run_cli("train", "model=hf", f"model.name_or_path={tiny_bert}", "data=csv",
+                   f"data.train_file={tiny_data['train']}", "model.crf=true", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "model.crf" in proc.stderr and "ner" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_bio_tag_names_file_and_line(tmp_path, tiny_bert, ner_data):

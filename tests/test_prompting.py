@@ -134,14 +134,24 @@ def test_few_shot_reports_every_seed(tmp_path, echo_lm, cloze_data):
     assert first.count("\n\n") == 3  # three demonstrations (k=1 per label) before the prompt
 
 
-def test_pet_trains_the_cloze_and_reloads(tmp_path, echo_lm, cloze_data):
+@pytest.mark.parametrize("params", ["full", "lora"])
+def test_pet_trains_the_cloze_and_reloads(tmp_path, echo_lm, cloze_data, params):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "+strategy=pet", "train.max_steps=4", "train.batch_size=8", "train.lr=1e-3",
-                   *prompt_args(echo_lm, cloze_data, run_dir))
+    # LoRA on the blocks' (zeroed) output projections: the only place an update changes the scores
+    lora = ["strategy.target_modules=[o_proj,down_proj]"] if params == "lora" else []
+    proc = run_cli("train", "+strategy=pet", f"strategy.params={params}", *lora, "train.max_steps=4",
+                   "train.batch_size=8", "train.lr=1e-3", *prompt_args(echo_lm, cloze_data, run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
     assert results["train"]["steps"] == 4 and results["params"]["trainable"] > 0
-    assert (run_dir / "model" / "model.safetensors").is_file()
+    if params == "full":
+        assert (run_dir / "model" / "model.safetensors").is_file()
+    else:  # only the adapter is saved, and it trained
+        from safetensors.torch import load_file
+
+        assert results["params"]["trainable_pct"] < 10
+        adapter = load_file(run_dir / "model" / "adapter_model.safetensors")
+        assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())
     proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_results(tmp_path / "eval")["eval"]["accuracy"] == pytest.approx(results["eval"]["accuracy"])

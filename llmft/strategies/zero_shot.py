@@ -48,11 +48,15 @@ class ZeroShot(Strategy):
         return self.render_splits(splits, tokenizer, self.prompt_meta())
 
     def apply(self, model):
+        model.requires_grad_(False)
+        return self.classifier(model)
+
+    def classifier(self, lm):
+        """The LM as a classifier over the verbalizer's label words."""
         from llmft.prompting import label_token_ids, prompt_classifier
 
-        model.requires_grad_(self.trains)
         ids = label_token_ids(self.cfg_prompt().verbalizer, self.task.labels, self.tokenizer)
-        return prompt_classifier(model, ids, self.kind, self.tokenizer.mask_token_id)
+        return prompt_classifier(lm, ids, self.kind, self.tokenizer.mask_token_id)
 
     def before_eval(self, trainer) -> None:
         from llmft.prompting import calibrate
@@ -107,6 +111,10 @@ class ZeroShot(Strategy):
 
         source = str(model_dir) if (model_dir / "config.json").is_file() else meta["base_model"]
         lm = load_model(source, task, tokenizer, meta.get("trust_remote_code", False), LM_CLASSES[meta["lm_kind"]])
+        if (model_dir / "adapter_config.json").is_file():  # PET trained a LoRA / DoRA adapter
+            from peft import PeftModel
+
+            lm = PeftModel.from_pretrained(lm, str(model_dir))
         ids = label_token_ids(meta["prompt"]["verbalizer"], task.labels, tokenizer)
         model = prompt_classifier(lm, ids, meta["lm_kind"], tokenizer.mask_token_id)
         if meta.get("calibration"):

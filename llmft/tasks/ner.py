@@ -75,7 +75,22 @@ class NER(Task):
     def collator(self, tokenizer):
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(tokenizer)
+        pad = DataCollatorForTokenClassification(tokenizer)
+
+        def collate(features):
+            """Pads labels (-100) and, when the model takes them (a CRF), the word starts (False)."""
+            import torch
+
+            starts = [f.pop("word_start") for f in features] if "word_start" in features[0] else None
+            batch = pad(features)
+            if starts is not None:
+                width = batch["input_ids"].shape[1]
+                left = tokenizer.padding_side == "left"
+                batch["word_start"] = torch.tensor([[False] * (width - len(s)) + s if left else s + [False] * (width - len(s))
+                                                    for s in starts])
+            return batch
+
+        return collate
 
     def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
         output = trainer.predict(tokenized, metric_key_prefix="eval")
