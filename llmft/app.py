@@ -7,6 +7,7 @@ or group option fails in one line with exit code 2 and no run folder is created.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -59,14 +60,48 @@ def run(command: str, args: list[str]) -> int:
             from llmft.config import validate
 
             validate(cfg)
-            module = importlib.import_module(MODULES[command])
-            return module.main(cfg, hydra_cfg.runtime.output_dir)
+            run_dir = hydra_cfg.runtime.output_dir
+            if command == "train":
+                return train(cfg, run_dir, list(hydra_cfg.overrides.task), str(hydra_cfg.mode) == "RunMode.MULTIRUN")
+            return importlib.import_module(MODULES[command]).main(cfg, run_dir)
         except UserError as err:
             fail(err)
 
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")) > 0:
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # rank 0 writes the folder
     sys.argv = [f"llmft-{command}", *args]
     entry()
     return 0
+
+
+def train(cfg, run_dir: str, overrides: list[str], sweep: bool) -> float | None:
+    """One training run: in this process, as a rank of a process group (joined from SLURM), or by
+    spawning this node's ranks. Returns the primary metric (what an Optuna sweep maximizes).
+
+    In a sweep, a point whose folder already holds a completed run is not run again."""
+    from llmft import distributed
+    from llmft.run_dir import read_results
+
+    done = read_results(run_dir)
+    if sweep and done is not None and str(cfg.train.resume).lower() != "never":
+        print(f"llmft: {run_dir} is complete; skipped (train.resume=never reruns it)", file=sys.stderr)
+        return primary(done)
+    if distributed.needs_ranks(cfg.hardware) and not distributed.is_launched():
+        if distributed.slurm_mode(cfg.hardware) == "join":
+            distributed.join_slurm(cfg.hardware)
+        else:
+            distributed.spawn("train", overrides, run_dir, cfg.hardware)
+            return primary(read_results(run_dir))
+    if distributed.is_launched():
+        distributed.set_rank_env(cfg.hardware)
+    return primary(importlib.import_module(MODULES["train"]).main(cfg, run_dir))
+
+
+def primary(results: dict | None) -> float | None:
+    if not results or results.get("status") != "completed":
+        return None
+    value = results["eval"].get(results.get("primary_metric"))
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def overrides_of(args: list[str]) -> list[str]:

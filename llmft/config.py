@@ -108,7 +108,16 @@ class HardwareConfig:
     name: str = MISSING
     accelerator: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    nproc_per_node: int = 1
+    nproc_per_node: int = 1  # processes (ranks) per node; > 1 and llmft starts them itself
+    nnodes: int = 1  # nodes (multi-node runs start from SLURM or your launcher)
+    zero_stage: int = 0  # DeepSpeed ZeRO: 0 = plain DDP (no DeepSpeed), 1, 2, 3
+    offload_optimizer: str = "none"  # none | cpu | nvme (ZeRO >= 2)
+    offload_param: str = "none"  # none | cpu | nvme (ZeRO 3)
+    nvme_path: Optional[str] = None  # for nvme offload
+    zero3_persistence_threshold: Optional[int] = None  # parameters smaller than this stay whole (DeepSpeed: 1e5)
+    gradient_checkpointing: bool = False
+    device_map: Optional[str] = None  # eval/predict: "auto" splits a large model's layers over the devices
+    master_port: int = 29500  # multi-node rendezvous (+ SLURM job id % 1000)
     dataloader_workers: int = 0
 
 
@@ -136,7 +145,9 @@ class TrainConfig:
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)
-    resume: bool = True  # a rerun in the same run folder resumes from its newest checkpoint
+    # auto: a rerun in the same run folder resumes from its newest complete checkpoint;
+    # never: start over; or the path of a checkpoint-N folder to resume from.
+    resume: str = "auto"
 
 
 @dataclass
@@ -254,6 +265,8 @@ def validate(cfg) -> None:
         value = _get(cfg, key)
         _require(value is None or value >= 1, key, f"must be >= 1 (got {value})")
     _validate_data(cfg.data)
+    if "hardware" in cfg:
+        _validate_hardware(cfg)
     if "model" in cfg and cfg.model.crf:
         _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
         _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
@@ -261,6 +274,35 @@ def validate(cfg) -> None:
         from llmft.strategies import strategy_class
 
         strategy_class(cfg.strategy.name).validate_config(cfg)
+
+
+def _validate_hardware(cfg) -> None:
+    hw = cfg.hardware
+    _require(hw.zero_stage in (0, 1, 2, 3), "hardware.zero_stage", f"must be 0 (no DeepSpeed), 1, 2 or 3 (got {hw.zero_stage})")
+    _require(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
+    _require(hw.nnodes >= 1, "hardware.nnodes", "must be >= 1")
+    for kind, stage in (("optimizer", 2), ("param", 3)):
+        device = hw[f"offload_{kind}"]
+        require_one_of(f"hardware.offload_{kind}", device, ("none", "cpu", "nvme"))
+        if device != "none":
+            _require(hw.zero_stage >= stage, f"hardware.offload_{kind}",
+                     f"needs hardware.zero_stage>={stage} (got {hw.zero_stage})")
+            _require(hw.accelerator != "cpu", f"hardware.offload_{kind}",
+                     "offloads from a GPU; with hardware.accelerator=cpu everything is in CPU memory already")
+            _require(device != "nvme" or bool(hw.nvme_path), "hardware.nvme_path", "is required for nvme offload")
+    _require(not (hw.precision == "fp16" and hw.accelerator == "cpu"), "hardware.precision",
+             "fp16 needs a GPU; on the CPU use bf16 or fp32")
+    if hw.device_map is not None:
+        _require(hw.device_map == "auto", "hardware.device_map", f"must be auto or null (got {hw.device_map})")
+    if "strategy" in cfg and hw.zero_stage > 0:
+        from llmft.strategies import strategy_class
+
+        strategy = strategy_class(cfg.strategy.name)
+        _require(strategy.zero_stages >= hw.zero_stage, "hardware.zero_stage",
+                 f"strategy={cfg.strategy.name} supports ZeRO up to stage {strategy.zero_stages} "
+                 f"({strategy.zero_note}); use hardware=cpu or a lower zero_stage")
+        if "model" in cfg and cfg.model.crf:
+            _require(hw.zero_stage < 3, "model.crf", "does not run under ZeRO-3 yet; use zero_stage<=2")
 
 
 def _validate_train(t) -> None:

@@ -17,6 +17,10 @@ def memory_figures() -> dict:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        every = [None] * torch.distributed.get_world_size()  # every rank's figures, rank 0's first
+        torch.distributed.all_gather_object(every, figures)
+        figures = {**figures, "per_rank": every}
     return figures
 
 

@@ -3,6 +3,7 @@
     config.yaml         the resolved config (Hydra's own composed config is in .hydra/)
     metrics.jsonl       one line per logged training step, whatever the logger
     predictions.jsonl   one line per eval example: input, gold label, prediction
+    deepspeed.json      the DeepSpeed config the hardware group rendered (ZeRO runs)
     results.json        eval metrics, baseline, train figures, parameter counts; written last,
                         atomically: a run without it did not complete
     model/              the trained model or adapter (see models.py)
@@ -30,9 +31,10 @@ class RunDir:
         self.metrics_file = self.path / "metrics.jsonl"
         self.results_file = self.path / RESULTS
 
-    def start(self, cfg, resume_step: int = 0) -> None:
+    def start(self, cfg, resume_step: int = 0, deepspeed: dict | None = None) -> None:
         """Forget results of an earlier run in the same folder (keeping the metrics logged up to
-        the checkpoint a resumed run starts from), then write the config."""
+        the checkpoint a resumed run starts from), then write the config (and the DeepSpeed
+        config the hardware rendered)."""
         from omegaconf import OmegaConf
 
         self.results_file.unlink(missing_ok=True)
@@ -42,6 +44,31 @@ class RunDir:
             kept = "".join(line for line in lines if json.loads(line).get("step", 0) <= resume_step)
         _atomic_write(self.metrics_file, kept)
         _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if deepspeed is not None:
+            _atomic_write(self.path / "deepspeed.json", json.dumps(deepspeed, indent=2) + "\n")
+
+    def resume_checkpoint(self, resume: str, world_size: int, zero_stage: int) -> Path | None:
+        """The checkpoint ``train.resume`` names (auto: the newest complete one; never: none),
+        checked against this run's world size where DeepSpeed's shards depend on it."""
+        from llmft.errors import UserError
+
+        if str(resume).lower() in ("never", "false"):
+            return None
+        if str(resume).lower() in ("auto", "true"):
+            checkpoint = self.latest_checkpoint()
+        else:
+            checkpoint = Path(resume)
+            if not (checkpoint / "trainer_state.json").is_file():
+                raise UserError(f"train.resume={resume}: not a checkpoint folder (no trainer_state.json)")
+        if checkpoint is None:
+            return None
+        marker = checkpoint / CHECKPOINT_DONE
+        saved = json.loads(marker.read_text() or "{}") if marker.is_file() else {}
+        if zero_stage > 0 and saved.get("world_size", world_size) != world_size:
+            raise UserError(f"{checkpoint} holds ZeRO shards of {saved['world_size']} processes; this run has "
+                            f"{world_size}. Resume with the same hardware (world size {saved['world_size']}), "
+                            f"or start over with train.resume=never")
+        return checkpoint
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint that finished saving (a kill mid-save leaves no marker)."""
@@ -84,8 +111,14 @@ class MarkCompleteCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / CHECKPOINT_DONE).touch()
+            if folder.is_dir():  # the world size: ZeRO shards only load into as many processes
+                (folder / CHECKPOINT_DONE).write_text(json.dumps({"world_size": args.world_size}))
+
+
+def read_results(run_dir: str | Path) -> dict | None:
+    """A run folder's results.json, or None when the run did not complete."""
+    path = Path(run_dir) / RESULTS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _atomic_write(path: Path, text: str) -> None:

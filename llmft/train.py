@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llmft.data import load_splits
 from llmft.display import print_config, print_results
+from llmft.distributed import deepspeed_config, is_rank_zero, world_size
 from llmft.evaluate import memory_figures
 from llmft.models import count_parameters, load_backbone, save_model
 from llmft.paths import resolve_model_path
@@ -24,12 +25,15 @@ log = logging.getLogger(__name__)
 
 def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     started = time.perf_counter()
+    lead = is_rank_zero()  # rank 0 alone writes the run folder, logs and the tracker
     run = RunDir(run_path)
-    resume_from = run.latest_checkpoint() if cfg.train.resume else None
+    ds_config = deepspeed_config(cfg)
+    resume_from = run.resume_checkpoint(cfg.train.resume, world_size(cfg.hardware), cfg.hardware.zero_stage)
     resume_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
-    run.start(cfg, resume_step)
-    if cfg.print_config:
-        print_config(cfg)
+    if lead:
+        run.start(cfg, resume_step, ds_config)
+        if cfg.print_config:
+            print_config(cfg)
 
     from transformers import set_seed
 
@@ -52,14 +56,17 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
     results = None
-    report_to = start_tracker(cfg, run.path)
+    report_to = start_tracker(cfg, run.path) if lead else []
     try:
-        args = training_arguments(cfg, run.checkpoints, report_to)
+        args = training_arguments(cfg, run.checkpoints, report_to, ds_config)
         trainer = build_trainer(
             args, model, tokenizer, task, train_set,
             callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks],
             param_groups=param_groups,
         )
+        if ds_config is not None and not trainer.is_deepspeed_enabled:
+            raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
+                               "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
         train_figures = None
         if strategy.trains:
             if resume_from:
@@ -92,6 +99,8 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "eval": metrics,
             "baseline": task.baseline(splits["train"], splits["eval"]),
             "train": train_figures,
+            "hardware": {"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
+                         "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
             "memory": memory_figures(),
             "params": params,
             "strategy_report": strategy.report(),
@@ -102,7 +111,8 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             run.write_results(results)  # last: its presence means the run completed
     finally:
         finish_tracker(results)
-    print_results(results)
+    if lead:
+        print_results(results)
     return results
 
 

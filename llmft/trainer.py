@@ -1,14 +1,14 @@
 """Assemble the HF Trainer from a run config: TrainingArguments, callbacks, the tracker.
 
 The config's names map onto TrainingArguments here and nowhere else. The hardware config
-decides the device and precision; the DeepSpeed config it will render plugs into
-``TrainingArguments(deepspeed=...)`` at the marked line.
+decides the device, precision and the DeepSpeed config (``TrainingArguments(deepspeed=...)``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from llmft.distributed import is_launched
 from llmft.errors import UserError
 
 
@@ -24,7 +24,7 @@ def precision_flags(hardware) -> dict:
     return {"bf16": hardware.precision == "bf16", "fp16": hardware.precision == "fp16"}
 
 
-def training_arguments(cfg, output_dir: Path, report_to: list[str]):
+def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: dict | None = None):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -53,7 +53,9 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str]):
         dataloader_num_workers=cfg.hardware.dataloader_workers,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
-        # deepspeed=<rendered from cfg.hardware> goes here (ZeRO stages).
+        gradient_checkpointing=cfg.hardware.gradient_checkpointing,
+        deepspeed=deepspeed,  # rendered from cfg.hardware (llmft/distributed.py); None: no DeepSpeed
+        ddp_backend="gloo" if use_cpu(cfg.hardware) and is_launched() else None,
     )
 
 
@@ -93,7 +95,7 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
                     logs.setdefault(f"lr/{group['name']}", group["lr"])
 
     extra = [GroupLearningRates()] if param_groups is not None else []
-    return LlmftTrainer(
+    trainer = LlmftTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -101,6 +103,11 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         processing_class=tokenizer,
         callbacks=[*extra, *callbacks],
     )
+    # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
+    # then skips the division by gradient accumulation and multiplies by the process count: for
+    # heads whose loss is a per-batch mean, that scales the gradient by grad_accum x world size.
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
+    return trainer
 
 
 def optimizer_groups(trainer, model, groups: list[dict]) -> list[dict]:
@@ -133,7 +140,12 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
 
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
+    id_file = run_path / "wandb_run_id"  # a resumed run logs into the same wandb run
+    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    id_file.write_text(run_id + "\n")
     wandb.init(
+        id=run_id,
+        resume="allow",
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         tags=list(cfg.logger.tags),

@@ -51,6 +51,8 @@ class AdapterStrategyConfig(StrategyConfig):
 class Adapter(Strategy):
     name = "adapter"
     config = AdapterStrategyConfig
+    zero_stages = 2
+    zero_note = "its own save reads whole parameters"
     saves_adapter = True
 
     @classmethod

@@ -25,6 +25,8 @@ class Strategy:
     config: ClassVar[type[StrategyConfig]] = StrategyConfig
     saves_adapter: ClassVar[bool] = False  # True: model/ holds only the trained parameters
     trains: ClassVar[bool] = True  # False: evaluate the model as it is (prompting)
+    zero_stages: ClassVar[int] = 3  # the highest DeepSpeed ZeRO stage it runs under
+    zero_note: ClassVar[str] = ""  # why not higher
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -120,6 +122,15 @@ class PeftStrategy(Strategy):
 
     def peft_config(self):
         raise NotImplementedError
+
+    def save(self, trainer, model_dir: Path) -> None:
+        """The Trainer saves the adapter with its real tensors under ZeRO-3 too. Prompt learning's
+        encoder is gathered on every rank first: PEFT runs it on rank 0 alone at save time,
+        which under ZeRO-3 would wait forever for the other ranks."""
+        from llmft.distributed import zero3_gathered
+
+        with zero3_gathered(trainer, getattr(trainer.model, "prompt_encoder", None)):
+            trainer.save_model(str(model_dir))
 
     def apply(self, model):
         from peft import get_peft_model

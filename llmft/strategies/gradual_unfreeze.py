@@ -26,6 +26,8 @@ class GradualUnfreezeStrategyConfig(StrategyConfig):
 class GradualUnfreeze(Strategy):
     name = "gradual_unfreeze"
     config = GradualUnfreezeStrategyConfig
+    zero_stages = 0
+    zero_note = "it changes which parameters train mid-run; DeepSpeed fixes them at the start"
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:

@@ -31,6 +31,8 @@ class PetStrategyConfig(ZeroShotStrategyConfig):
 class PET(ZeroShot):
     name = "pet"
     config = PetStrategyConfig
+    zero_stages = 2
+    zero_note = "it saves the LM directly"
     trains = True
 
     @classmethod

@@ -23,6 +23,8 @@ class QLoraStrategyConfig(LoraStrategyConfig):
 class QLoRA(LoRA):
     name = "qlora"
     config = QLoraStrategyConfig
+    zero_stages = 2
+    zero_note = "4-bit weights are not sharded"
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:

@@ -22,6 +22,8 @@ class ZeroShotStrategyConfig(StrategyConfig):
 class ZeroShot(Strategy):
     name = "zero_shot"
     config = ZeroShotStrategyConfig
+    zero_stages = 0
+    zero_note = "nothing trains"
     trains = False
 
     @classmethod

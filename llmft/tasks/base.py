@@ -20,6 +20,9 @@ class Task:
     auto_model: ClassVar[str]  # the transformers Auto class that builds the model with its head
     peft_task_type: ClassVar[str]  # PEFT TaskType: keeps the head trainable and saved
     primary_metric: ClassVar[str]  # what sweeps optimise and reports sort by
+    # True: the model's loss is a sum over tokens divided by the Trainer's token count
+    # (num_items_in_batch: causal LM heads). Others return a mean the Trainer must not rescale.
+    loss_counts_tokens: ClassVar[bool] = False
     stratify_column: ClassVar[str | None] = None  # column to stratify seeded splits on
 
     def __init_subclass__(cls, **kwargs):

@@ -21,6 +21,7 @@ CHAT = "chat"  # normalised column: the whole conversation
 class SFT(Task):
     name = "sft"
     auto_model = "AutoModelForCausalLM"
+    loss_counts_tokens = True
     peft_task_type = "CAUSAL_LM"
     primary_metric = "rougeL"
 
