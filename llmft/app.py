@@ -122,13 +122,41 @@ def preflight(command: str, overrides: list[str]) -> None:
 
     from llmft.config import validate
 
+    from omegaconf import open_dict
+
     for combo in _combinations(overrides):
         with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
             try:
-                cfg = compose(command, overrides=combo)
+                cfg = compose(command, overrides=combo, return_hydra_config=True)
+                launcher = cfg.hydra.launcher
+                check_launcher(launcher)
+            except UserError:
+                raise
             except Exception as err:  # Hydra's and OmegaConf's composition errors
                 raise UserError(explain(err)) from None
+        with open_dict(cfg):
+            del cfg["hydra"]
         validate(prepare_config(command, cfg, combo))
+
+
+def check_launcher(launcher) -> None:
+    """A SLURM launcher's settings against the cluster, before anything is submitted."""
+    import shutil
+    import subprocess
+
+    if "Slurm" not in str(launcher.get("_target_", "")):
+        return
+    if shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm: sbatch is not on PATH; run on a SLURM login node "
+                        "(or start a local cluster: scripts/slurm_local.sh start)")
+    partition = launcher.get("partition")
+    if partition:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+        known = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
+        if out.returncode == 0 and partition not in known:
+            raise UserError(f"hydra.launcher.partition={partition}: no such partition; available: {', '.join(known)}")
+    if launcher.get("tasks_per_node", 1) < 1 or launcher.get("nodes", 1) < 1:
+        raise UserError("hydra.launcher.tasks_per_node and nodes must be >= 1")
 
 
 def prepare_config(command: str, cfg, overrides: list[str]):

@@ -6,6 +6,7 @@ PEFT adapter (adapter_config.json + adapter_model.safetensors + tokenizer), plus
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from pathlib import Path
@@ -16,6 +17,9 @@ from llmft.paths import resolve_model_path
 log = logging.getLogger(__name__)
 
 META_FILE = "llmft.json"
+# where load_model places weights while load_saved runs (device_map for eval/predict); every
+# strategy's load_trained reaches load_model, so this is set once there instead of in each
+_PLACEMENT: contextvars.ContextVar[dict] = contextvars.ContextVar("placement", default={})
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, pad_token_fallback: str = "eos"):
@@ -37,6 +41,7 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
 
     auto = getattr(transformers, auto_class or task.auto_model)
     head_kwargs = task.model_kwargs() if auto_class is None else {}
+    load_kwargs = {**_PLACEMENT.get(), **load_kwargs}
     try:
         model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
     except OSError as err:
@@ -92,12 +97,17 @@ def read_metadata(model_dir: Path) -> dict:
     return json.loads(meta_path.read_text())
 
 
-def load_saved(model_dir: Path, task, meta: dict):
-    """A saved run's model and tokenizer, ready to predict; the strategy knows its format."""
+def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None):
+    """A saved run's model and tokenizer, ready to predict; the strategy knows its format.
+    ``device_map="auto"`` spreads the layers of a model too large for one device over all of them."""
     from llmft.strategies import strategy_class
 
     tokenizer = load_tokenizer(str(model_dir), meta.get("trust_remote_code", False))
-    model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
+    token = _PLACEMENT.set({"device_map": device_map} if device_map else {})
+    try:
+        model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
+    finally:
+        _PLACEMENT.reset(token)
     if meta.get("crf"):
         from llmft.crf import CrfTagger
 

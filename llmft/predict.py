@@ -32,7 +32,7 @@ def main(cfg, run_path: str | Path) -> dict:
     inputs = read_file(path, cfg.data, "predict.input_file")
     check_columns(inputs, str(path), task.input_columns(), cfg.data)
 
-    model, tokenizer = load_saved(model_dir, task, meta)
+    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map)
     inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware), model, tokenizer, task)
     started = time.perf_counter()

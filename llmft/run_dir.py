@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -88,7 +89,7 @@ class RunDir:
         _atomic_write(self.results_file, json.dumps(results, indent=2) + "\n")
 
     def callbacks(self) -> list:
-        return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints()]
+        return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints(), *SaveOnPreemption.if_managed()]
 
 
 class MetricsLog(TrainerCallback):
@@ -113,6 +114,50 @@ class MarkCompleteCheckpoints(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():  # the world size: ZeRO shards only load into as many processes
                 (folder / CHECKPOINT_DONE).write_text(json.dumps({"world_size": args.world_size}))
+
+
+class SaveOnPreemption(TrainerCallback):
+    """On SLURM's preemption / time-limit signal: finish the step, save a checkpoint, then hand
+    over to the job manager's own handler (submitit's requeues the job; the rerun resumes).
+
+    Active where such a handler is installed (a submitit job). Every rank learns of the signal
+    at the same step (one all-reduce per step) because a DeepSpeed save needs all of them."""
+
+    def __init__(self, signum, handler):
+        self.signum, self.handler = signum, handler
+        self.caught = False
+        signal.signal(signum, self._catch)
+
+    @classmethod
+    def if_managed(cls) -> list:
+        signum = getattr(signal, os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        handler = signal.getsignal(signum)
+        if "SLURM_JOB_ID" not in os.environ or not callable(handler) or handler is signal.default_int_handler:
+            return []
+        return [cls(signum, handler)]
+
+    def _catch(self, signum, frame):
+        self.caught = True
+
+    def _anyone_caught(self) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.caught
+        import torch
+
+        flag = torch.tensor([int(self.caught)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_caught():
+            self.caught = True
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.caught:  # the checkpoint is complete (MarkCompleteCheckpoints ran first)
+            self.handler(self.signum, None)  # submitit: requeue and exit (rank 0); others carry on until killed
 
 
 def read_results(run_dir: str | Path) -> dict | None:

@@ -6,6 +6,7 @@ decides the device, precision and the DeepSpeed config (``TrainingArguments(deep
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from llmft.distributed import is_launched
@@ -141,7 +142,7 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = run_path / "wandb_run_id"  # a resumed run logs into the same wandb run
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     wandb.init(
         id=run_id,

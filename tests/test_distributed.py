@@ -58,7 +58,8 @@ def test_zero_trains_like_one_process_and_reloads(tmp_path, tiny_bert, tiny_data
         base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
         model = PeftModel.from_pretrained(base, run_dir / "model")
     assert isinstance(model, torch.nn.Module)
-    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false",
+                   "hardware.device_map=auto")  # accelerate places the layers (here: all on the CPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_results(tmp_path / "eval")["eval"]["accuracy"] == pytest.approx(results["eval"]["accuracy"])
 

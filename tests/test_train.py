@@ -167,6 +167,8 @@ def test_wandb_offline_run_is_written(tmp_path, tiny_data, tiny_bert):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    run_id = (run_dir / "wandb_run_id").read_text().strip()  # a resumed run logs into this same run
+    assert runs[0].name.endswith(run_id)
     records = next(runs[0].glob("run-*.wandb")).read_bytes()  # wandb's record log (protobuf)
     # llmft's config, the Trainer's step metrics and the final eval summary all reached the run.
     for key in (b"name_or_path", b"train/loss", b"train/learning_rate", b"final/accuracy"):
