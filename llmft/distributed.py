@@ -10,7 +10,6 @@ The DeepSpeed config the hardware group renders also lives here.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -193,14 +192,6 @@ def deepspeed_config(cfg) -> dict | None:
     return ds
 
 
-@contextlib.contextmanager
-def zero3_gathered(trainer, module):
-    """Inside: ``module``'s parameters are whole on every rank (ZeRO-3), else a no-op."""
+def zero3_enabled(trainer) -> bool:
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
-    if module is None or plugin is None or plugin.zero_stage != 3:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        yield
+    return plugin is not None and plugin.zero_stage == 3

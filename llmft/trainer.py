@@ -22,7 +22,16 @@ def use_cpu(hardware) -> bool:
 
 
 def precision_flags(hardware) -> dict:
+    if hardware.precision == "bf16" and use_cpu(hardware) and not cpu_has_bf16():
+        raise UserError("hardware.precision=bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); "
+                        "use hardware.precision=fp32")
     return {"bf16": hardware.precision == "bf16", "fp16": hardware.precision == "fp16"}
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: dict | None = None):

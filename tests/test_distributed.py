@@ -124,3 +124,16 @@ def test_hardware_errors_are_one_line(tmp_path, tiny_bert, tiny_data, extra, mes
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "results.json").exists()
+
+
+def test_zero3_prompt_tuning_saves_its_prompt(tmp_path, tiny_bert, tiny_data):
+    """PEFT computes the prompt to save on rank 0 alone; under ZeRO-3 that waits forever unless
+    the prompt encoder is gathered on every rank first."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "hardware=cpu_zero3", SHARD, "+strategy=prompt_tuning", "train.max_steps=4",
+                   *tiny_train_args(tiny_bert, tiny_data, run_dir), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    prompt = load_file(run_dir / "model" / "adapter_model.safetensors")["prompt_embeddings"]
+    assert prompt.shape[0] > 0 and prompt.abs().sum() > 0

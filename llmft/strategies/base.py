@@ -124,13 +124,22 @@ class PeftStrategy(Strategy):
         raise NotImplementedError
 
     def save(self, trainer, model_dir: Path) -> None:
-        """The Trainer saves the adapter with its real tensors under ZeRO-3 too. Prompt learning's
-        encoder is gathered on every rank first: PEFT runs it on rank 0 alone at save time,
-        which under ZeRO-3 would wait forever for the other ranks."""
-        from llmft.distributed import zero3_gathered
+        """The Trainer saves the adapter with its real tensors under ZeRO-3 too. Prompt learning
+        is saved by hand there: PEFT runs the prompt encoder on rank 0 alone at save time, which
+        under ZeRO-3 waits forever for the other ranks; here every rank runs it, gathered."""
+        from llmft.distributed import zero3_enabled
 
-        with zero3_gathered(trainer, getattr(trainer.model, "prompt_encoder", None)):
+        encoder = getattr(trainer.model, "prompt_encoder", None)
+        if encoder is None or not zero3_enabled(trainer):
             trainer.save_model(str(model_dir))
+            return
+        import deepspeed
+
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)  # every rank: the full weights on rank 0
+        with deepspeed.zero.GatheredParameters(list(encoder.parameters()), modifier_rank=None):
+            # every rank computes the prompt to save (a forward of the encoder); rank 0 writes it
+            trainer.model.save_pretrained(str(model_dir), state_dict=state,
+                                          is_main_process=trainer.is_world_process_zero())
 
     def apply(self, model):
         from peft import get_peft_model
