@@ -33,8 +33,16 @@ flags:
 
 
 def normalize_overrides(args: list[str]) -> list[str]:
-    """``+strategy=X`` means ``strategy=X``: strategy has a default (full), and users type both."""
-    return ["strategy=" + a[len("+strategy="):] if a.startswith("+strategy=") else a for a in args]
+    """``+strategy=X`` means ``strategy=X``: strategy has a default (full), and users type both.
+    ``export.KEY=V`` means ``KEY=V`` (the export command's keys are top-level)."""
+    out = []
+    for a in args:
+        if a.startswith("+strategy="):
+            a = "strategy=" + a[len("+strategy="):]
+        elif a.startswith("export."):
+            a = a[len("export."):]
+        out.append(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

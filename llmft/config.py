@@ -8,9 +8,10 @@ model or data loads. Keep this module light: ``llmft --help`` and config composi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from llmft.errors import UserError, require_one_of
 
@@ -78,6 +79,7 @@ class DataConfig:
     split_seed: int = 1234
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    sampler: str = "random"  # random | balanced (each label drawn equally often; classification)
     max_length: int = 128
     prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
 
@@ -131,6 +133,41 @@ class LoggerConfig:
 
 
 @dataclass
+class CyclicConfig:
+    """train.lr_scheduler=cyclic: torch's CyclicLR between base_lr and max_lr."""
+    mode: str = "triangular"  # triangular | triangular2 | exp_range
+    base_lr: Optional[float] = None  # null: train.lr / 10
+    max_lr: Optional[float] = None  # null: train.lr
+    step_size: int = 100  # optimizer steps from base_lr up to max_lr (a cycle is twice that)
+    gamma: float = 1.0  # exp_range: the amplitude is scaled by gamma ** step
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # evaluations without improvement before stopping; 0: off
+    metric: Optional[str] = None  # null: the task's primary metric (classification, ner) or loss
+    mode: str = "auto"  # max | min | auto (min for loss, max otherwise)
+    threshold: float = 0.0  # the least change that counts as an improvement
+
+
+@dataclass
+class RetentionConfig:
+    """Knowledge retention: keep what the pretrained model knew, and measure what it forgot."""
+    l2sp: float = 0.0  # L2-SP: + l2sp/2 * ||theta - theta_0||^2 over the trainable pretrained weights
+    report: bool = True  # results.json "retention": weight drift per layer, CKA, perplexity (causal LMs)
+    eval_file: Optional[str] = None  # causal LMs: a text file whose perplexity is measured before/after
+    examples: int = 256  # eval inputs the CKA of the last hidden states is measured on
+
+
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = None  # a trained model/ folder (or its run folder); null: off
+    temperature: float = 2.0
+    alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
+    cache: bool = False  # compute the teacher's logits once per example and reuse them every epoch
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -141,7 +178,19 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    lr_scheduler: str = "linear"  # any transformers SchedulerType name
+    lr_scheduler: str = "linear"  # a transformers SchedulerType name, one_cycle or cyclic (torch)
+    num_cycles: float = 1.0  # cosine_with_restarts: restarts (cosine: 0.5 = one half-wave)
+    power: float = 1.0  # polynomial decay
+    cyclic: CyclicConfig = field(default_factory=CyclicConfig)
+    optim: str = "adamw"  # adamw (fused on CUDA) | sgd | adafactor
+    momentum: float = 0.9  # sgd
+    loss: str = "ce"  # ce | focal (classification, ner)
+    focal_gamma: float = 2.0
+    class_weights: Any = "none"  # none | balanced | [w per label] (weighted cross-entropy; classification, ner)
+    eval_steps: int = 0  # > 0: evaluate on the validation split every N steps (early stopping)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)
@@ -180,6 +229,8 @@ class PredictConfig:
     input_file: str = MISSING  # csv or json lines with the data config's text column(s)
     output_file: Optional[str] = None  # default: <run folder>/predictions.jsonl
     batch_size: int = 64
+    precision: str = "fp32"  # fp32 | bf16 | int8 (dynamic quantization, CPU): converted after loading
+    compile: bool = False  # torch.compile the model first
 
 
 @dataclass
@@ -198,8 +249,11 @@ class ExportRunConfig:
     output_dir: Optional[str] = None  # default: next to model_dir, as merged/
     data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
     hardware: HardwareConfig = MISSING
+    format: str = "merged"  # merged (adapters) | bf16 | fp16 | int8 (see llmft/precision.py)
     check_examples: int = 8
-    tolerance: float = 1e-4  # max |merged - adapter| logit difference, relative to the logit scale
+    # max |exported - source| logit difference relative to the logit scale; null: the format's
+    # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1)
+    tolerance: Optional[float] = None
     seed: int = 42
 
 
@@ -232,6 +286,13 @@ _CHOICES = {
     "logger.name": ("none", "wandb"),
     "logger.mode": ("offline", "online", "disabled"),
     "model.pad_token_fallback": ("eos", "none"),
+    "format": ("merged", "bf16", "fp16", "int8"),
+    "predict.precision": ("fp32", "bf16", "int8"),
+    "data.sampler": ("random", "balanced"),
+    "train.optim": ("adamw", "sgd", "adafactor"),
+    "train.loss": ("ce", "focal"),
+    "train.cyclic.mode": ("triangular", "triangular2", "exp_range"),
+    "train.early_stopping.mode": ("auto", "max", "min"),
 }
 
 
@@ -267,6 +328,8 @@ def validate(cfg) -> None:
     _validate_data(cfg.data)
     if "hardware" in cfg:
         _validate_hardware(cfg)
+    if "train" in cfg and "strategy" in cfg:
+        _validate_techniques(cfg)
     if "model" in cfg and cfg.model.crf:
         _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
         _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
@@ -274,6 +337,61 @@ def validate(cfg) -> None:
         from llmft.strategies import strategy_class
 
         strategy_class(cfg.strategy.name).validate_config(cfg)
+
+
+def _validate_techniques(cfg) -> None:
+    """Training techniques against the task, the strategy and the hardware they combine with."""
+    from llmft.strategies import strategy_class
+
+    t, task, strategy = cfg.train, cfg.data.task, strategy_class(cfg.strategy.name)
+    r, d, es = t.retention, t.distill, t.early_stopping
+    _require(r.l2sp >= 0, "train.retention.l2sp", f"must be >= 0 (got {r.l2sp})")
+    if r.l2sp > 0:
+        _require(strategy.trains and not strategy.saves_adapter, "train.retention.l2sp",
+                 f"anchors pretrained weights; strategy={cfg.strategy.name} trains only new parameters "
+                 f"(use train.weight_decay)")
+        _require(cfg.hardware.zero_stage < 3, "train.retention.l2sp",
+                 "needs whole parameters; under ZeRO-3 they are sharded: use hardware.zero_stage<=2")
+    if r.eval_file:
+        _require(Path(r.eval_file).is_file(), "train.retention.eval_file", f"file not found: {r.eval_file}")
+    imbalance = t.loss != "ce" or t.class_weights not in (None, "none")
+    if imbalance:
+        _require(task in ("classification", "ner"), "train.loss" if t.loss != "ce" else "train.class_weights",
+                 f"applies to classification and ner (got data.task={task})")
+        _require(not cfg.model.crf, "model.crf", "the CRF has its own loss: drop train.loss / train.class_weights")
+    cw = t.class_weights
+    if cw not in (None, "none", "balanced"):
+        _require(isinstance(cw, (list, tuple)) or OmegaConf.is_list(cw), "train.class_weights",
+                 f"must be none, balanced or a list of weights, one per label (got {cw})")
+        _require(all(isinstance(w, (int, float)) and w >= 0 for w in cw), "train.class_weights",
+                 "weights must be numbers >= 0")
+    _require(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
+    if cfg.data.sampler == "balanced":
+        _require(task == "classification", "data.sampler", f"balanced applies to classification (got {task})")
+    if d.teacher:
+        _require(task in ("classification", "ner", "sft"), "train.distill.teacher",
+                 f"distillation covers classification, ner and sft (got data.task={task})")
+        _require(Path(d.teacher).exists(), "train.distill.teacher", f"not found: {d.teacher}")
+        _require(d.temperature > 0, "train.distill.temperature", "must be > 0")
+        _require(0 <= d.alpha <= 1, "train.distill.alpha", f"must be in [0, 1] (got {d.alpha})")
+        _require(not d.cache or task in ("classification", "ner"), "train.distill.cache",
+                 "caches per-example logits for classification and ner; a causal LM's are vocabulary-sized")
+    if es.patience > 0:
+        from llmft.tasks import TASKS
+
+        _require(t.eval_steps > 0, "train.early_stopping", "needs train.eval_steps > 0 (how often to evaluate)")
+        allowed = ("loss", *TASKS.get(task).loop_metric_names)
+        if es.metric is not None:
+            require_one_of("train.early_stopping.metric", es.metric, allowed)
+        _require(t.save_steps == 0 or t.save_steps % t.eval_steps == 0, "train.save_steps",
+                 "must be a multiple of train.eval_steps with early stopping (the best checkpoint is kept)")
+    _require(t.eval_steps >= 0, "train.eval_steps", "must be >= 0")
+    if t.lr_scheduler == "cyclic":
+        c = t.cyclic
+        _require(c.step_size >= 1, "train.cyclic.step_size", "must be >= 1")
+        top, bottom = c.max_lr or t.lr, c.base_lr if c.base_lr is not None else (c.max_lr or t.lr) / 10
+        _require(0 <= bottom < top, "train.cyclic.base_lr", f"must be below max_lr ({bottom} vs {top})")
+    _require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
 
 
 def _validate_hardware(cfg) -> None:
@@ -348,7 +466,7 @@ def _validate_data(d) -> None:
 LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-    "warmup_stable_decay", "greedy",
+    "warmup_stable_decay", "greedy", "one_cycle", "cyclic",
 )
 
 

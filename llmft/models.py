@@ -105,7 +105,12 @@ def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None)
     tokenizer = load_tokenizer(str(model_dir), meta.get("trust_remote_code", False))
     token = _PLACEMENT.set({"device_map": device_map} if device_map else {})
     try:
-        model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
+        if meta.get("format") == "int8":  # llmft export format=int8
+            from llmft.precision import load_int8
+
+            model = load_int8(model_dir)
+        else:
+            model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer)
     finally:
         _PLACEMENT.reset(token)
     if meta.get("crf"):

@@ -33,8 +33,13 @@ def main(cfg, run_path: str | Path) -> dict:
     check_columns(inputs, str(path), task.input_columns(), cfg.data)
 
     model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map)
+    if cfg.predict.precision != "fp32":
+        from llmft.precision import to_variant
+
+        model = to_variant(model, cfg.predict.precision)
     inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
-    trainer = build_trainer(eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware), model, tokenizer, task)
+    args = eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware, compile=cfg.predict.compile)
+    trainer = build_trainer(args, model, tokenizer, task)
     started = time.perf_counter()
     records = task.predict(trainer, inputs, cfg.generate)
     seconds = time.perf_counter() - started
@@ -43,6 +48,7 @@ def main(cfg, run_path: str | Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
+               "precision": cfg.predict.precision, "compile": cfg.predict.compile,
                "seconds": round(seconds, 3), "examples_per_s": round(len(records) / seconds, 1) if seconds else None}
     run.write_results(summary)
     log.info("predict: %d examples in %.2f s (%.1f examples/s) -> %s", len(records), seconds,

@@ -13,7 +13,9 @@ from llmft.data import load_splits
 from llmft.display import print_config, print_results
 from llmft.distributed import deepspeed_config, is_rank_zero, world_size
 from llmft.evaluate import memory_figures
+from llmft.errors import UserError
 from llmft.models import count_parameters, load_backbone, save_model
+from llmft.objective import from_config as objective_from_config
 from llmft.paths import resolve_model_path
 from llmft.run_dir import RunDir
 from llmft.strategies import build_strategy
@@ -54,16 +56,24 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     params = count_parameters(model)
     train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
     eval_set = task.tokenize(splits["eval"], tokenizer)
+    objective = objective_from_config(cfg, task, model, train_set, tokenizer) if strategy.trains else None
+    stopping = early_stopping(cfg, task, splits)
+    validation_set = task.tokenize(splits["validation"], tokenizer) if stopping else None
 
     results = None
     report_to = start_tracker(cfg, run.path) if lead else []
     try:
-        args = training_arguments(cfg, run.checkpoints, report_to, ds_config)
+        args = training_arguments(cfg, run.checkpoints, report_to, ds_config, stopping and stopping["metric"])
         trainer = build_trainer(
             args, model, tokenizer, task, train_set,
-            callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks],
-            param_groups=param_groups,
+            callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks, *(stopping["callbacks"] if stopping else [])],
+            param_groups=param_groups, objective=objective, train_cfg=cfg.train,
+            sample_weights=balanced_sample_weights(train_set) if cfg.data.sampler == "balanced" else None,
+            eval_dataset=validation_set,
+            compute_metrics=task.loop_metrics if stopping and stopping["metric"] != "loss" else None,
         )
+        if objective is not None and objective.teacher is not None:
+            objective.teacher.to(trainer.args.device)
         if ds_config is not None and not trainer.is_deepspeed_enabled:
             raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
                                "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
@@ -73,6 +83,8 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
                 log.info("resuming from %s", resume_from)
             trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             train_figures = train_summary(trainer, trained, resume_step)
+            if stopping:
+                train_figures["early_stopping"] = stopping_summary(trainer, stopping["metric"])
         strategy.before_eval(trainer)
         save_model(trainer, strategy, tokenizer, run.model_dir, meta={
             **task.metadata(),
@@ -104,6 +116,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "memory": memory_figures(),
             "params": params,
             "strategy_report": strategy.report(),
+            "retention": retention_report(cfg, task, strategy, trainer, tokenizer, eval_set, run.path),
             "wall_time_s": round(time.perf_counter() - started, 1),
         }
         if trainer.is_world_process_zero():
@@ -114,6 +127,46 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     if lead:
         print_results(results)
     return results
+
+
+def early_stopping(cfg, task, splits) -> dict | None:
+    """train.early_stopping: the metric watched on the validation split, and the callback."""
+    es = cfg.train.early_stopping
+    if es.patience <= 0:
+        return None
+    if "validation" not in splits:
+        raise UserError("train.early_stopping needs a validation split: set data.validation_fraction=0.1 "
+                        "or data.validation_file=PATH (the eval split stays untouched for the final report)")
+    from transformers import EarlyStoppingCallback
+
+    metric = es.metric or (task.primary_metric if task.primary_metric in task.loop_metric_names else "loss")
+    return {"metric": metric, "callbacks": [EarlyStoppingCallback(es.patience, es.threshold)]}
+
+
+def stopping_summary(trainer, metric: str) -> dict:
+    best = trainer.state.best_model_checkpoint
+    return {"metric": metric, "best_step": int(best.rsplit("-", 1)[-1]) if best else None,
+            "best_value": trainer.state.best_metric, "stopped_at_step": trainer.state.global_step,
+            "stopped_early": trainer.state.global_step < trainer.state.max_steps}
+
+
+def balanced_sample_weights(train_set) -> list[float]:
+    """data.sampler=balanced: each example drawn with probability 1 / (its label's count)."""
+    from collections import Counter
+
+    labels = train_set["labels"]
+    counts = Counter(labels)
+    return [1.0 / counts[y] for y in labels]
+
+
+def retention_report(cfg, task, strategy, trainer, tokenizer, eval_set, run_path) -> dict | None:
+    if not (cfg.train.retention.report and strategy.trains):
+        return None
+    if world_size(cfg.hardware) > 1:
+        return {"skipped": "measured in 1-process runs only (the sharded weights are not gathered for it)"}
+    from llmft.retention import report
+
+    return report(cfg, task, strategy, trainer.model, tokenizer, eval_set, task.collator(tokenizer), Path(run_path))
 
 
 def train_summary(trainer, trained, resume_step: int) -> dict:

@@ -34,7 +34,43 @@ def cpu_has_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: dict | None = None):
+TORCH_SCHEDULERS = ("one_cycle", "cyclic")
+
+
+def scheduler_kwargs(t) -> dict:
+    if t.lr_scheduler == "cosine_with_restarts":
+        return {"num_cycles": int(t.num_cycles)}
+    if t.lr_scheduler == "cosine":
+        return {"num_cycles": t.num_cycles / 2}  # transformers counts half-waves x 2: 0.5 = one decay
+    if t.lr_scheduler == "polynomial":
+        return {"power": t.power}
+    return {}
+
+
+def optimizer_name(optim: str, hardware) -> str:
+    """adamw: torch's fused kernel on CUDA (one launch per step instead of one per tensor), the
+    plain one on the CPU; sgd with momentum; adafactor (transformers')."""
+    if optim == "adamw":
+        return "adamw_torch" if use_cpu(hardware) else "adamw_torch_fused"
+    return optim
+
+
+def checkpoint_and_eval_arguments(t, early_stopping_metric: str | None) -> dict:
+    """Periodic checkpoints; with early stopping also periodic evaluation on the validation split,
+    a checkpoint at every evaluation and the best one reloaded at the end."""
+    if early_stopping_metric is None:
+        return {"save_strategy": "steps" if t.save_steps > 0 else "no",  # the final model: the recipe saves it
+                "save_steps": t.save_steps or 500, "save_total_limit": t.save_total_limit, "eval_strategy": "no"}
+    mode = t.early_stopping.mode
+    greater = (early_stopping_metric != "loss") if mode == "auto" else mode == "max"
+    return {"save_strategy": "steps", "save_steps": t.save_steps or t.eval_steps,
+            "save_total_limit": max(t.save_total_limit, 2), "eval_strategy": "steps", "eval_steps": t.eval_steps,
+            "load_best_model_at_end": True, "metric_for_best_model": early_stopping_metric,
+            "greater_is_better": greater}
+
+
+def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: dict | None = None,
+                       early_stopping_metric: str | None = None):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -50,12 +86,13 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type=t.lr_scheduler,
+        # torch's one_cycle / cyclic replace this placeholder in LlmftTrainer.create_scheduler
+        lr_scheduler_type="constant" if t.lr_scheduler in TORCH_SCHEDULERS else t.lr_scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs(t),
+        optim=optimizer_name(t.optim, cfg.hardware),
+        optim_args=f"momentum={t.momentum}" if t.optim == "sgd" else None,
         logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps > 0 else "no",  # the final model: the recipe saves it
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="no",
+        **checkpoint_and_eval_arguments(t, early_stopping_metric),
         report_to=report_to,
         run_name=cfg.get("experiment") or cfg.strategy.name,
         use_cpu=use_cpu(cfg.hardware),
@@ -69,7 +106,7 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
     )
 
 
-def eval_arguments(output_dir: Path, batch_size: int, hardware):
+def eval_arguments(output_dir: Path, batch_size: int, hardware, compile: bool = False):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -77,14 +114,19 @@ def eval_arguments(output_dir: Path, batch_size: int, hardware):
         per_device_eval_batch_size=batch_size,
         report_to="none",
         use_cpu=use_cpu(hardware),
+        torch_compile=compile,
         **precision_flags(hardware),
         dataloader_num_workers=hardware.dataloader_workers,
         disable_tqdm=False,
     )
 
 
-def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=(), param_groups=None):
-    """The HF Trainer; with ``param_groups`` (from the strategy) its optimizer gets those groups."""
+def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=(), param_groups=None,
+                  objective=None, train_cfg=None, sample_weights=None, eval_dataset=None, compute_metrics=None):
+    """The HF Trainer, and what llmft adds to it: the strategy's optimizer groups
+    (``param_groups``), an ``objective`` beyond the model's own loss (llmft/objective.py) with
+    each term logged, torch's one_cycle / cyclic schedules, weighted sampling."""
+    import torch
     from transformers import Trainer, TrainerCallback
 
     class LlmftTrainer(Trainer):
@@ -95,6 +137,36 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(optimizer_groups(self, model, param_groups), **kwargs)
             return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if train_cfg is None or train_cfg.lr_scheduler not in TORCH_SCHEDULERS or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            optimizer = self.optimizer if optimizer is None else optimizer
+            self.lr_scheduler = torch_scheduler(train_cfg, optimizer, num_training_steps)
+            return self.lr_scheduler
+
+        def _get_train_sampler(self, train_dataset=None):
+            if sample_weights is None:
+                return super()._get_train_sampler(train_dataset)
+            generator = torch.Generator().manual_seed(self.args.seed)
+            return torch.utils.data.WeightedRandomSampler(sample_weights, len(sample_weights), generator=generator)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if objective is None or not model.training:  # eval loss: the model's own
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs)
+            loss, terms = objective(model, inputs, outputs)
+            for name, value in terms.items():
+                self._terms[name] = self._terms.get(name, 0.0) + value.item()
+            self._terms_count += 1
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self._terms_count:  # each term's mean since the last log
+                logs.update({f"loss/{k}": v / self._terms_count for k, v in self._terms.items()})
+                self._terms.clear()
+                self._terms_count = 0
+            super().log(logs, start_time)
 
     class GroupLearningRates(TrainerCallback):
         """Logs the applied learning rate of every named optimizer group as lr/<name>."""
@@ -109,15 +181,38 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         model=model,
         args=args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
+        compute_metrics=compute_metrics,
         callbacks=[*extra, *callbacks],
     )
+    trainer._terms, trainer._terms_count = {}, 0
     # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
     # then skips the division by gradient accumulation and multiplies by the process count: for
-    # heads whose loss is a per-batch mean, that scales the gradient by grad_accum x world size.
-    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
+    # heads whose loss is a per-batch mean (and for llmft's objective), that scales the gradient
+    # by grad_accum x world size.
+    trainer.model_accepts_loss_kwargs = (trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
+                                         and objective is None)
     return trainer
+
+
+def torch_scheduler(t, optimizer, total_steps: int):
+    """one_cycle (warm up to each group's lr, then anneal; warmup_ratio sets the rise) or cyclic
+    (CyclicLR between base_lr and max_lr), scaled per optimizer group like its lr."""
+    import torch
+
+    peaks = [g["lr"] for g in optimizer.param_groups]
+    if t.lr_scheduler == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(total_steps, 2),
+                                                   pct_start=t.warmup_ratio or 0.3, cycle_momentum=False)
+    c = t.cyclic
+    top = c.max_lr or t.lr
+    bottom = c.base_lr if c.base_lr is not None else top / 10
+    scale = [p / t.lr for p in peaks]  # a group at lr_scale s cycles between s * base and s * max
+    return torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=[bottom * k for k in scale],
+                                             max_lr=[top * k for k in scale], step_size_up=c.step_size,
+                                             mode=c.mode, gamma=c.gamma, cycle_momentum=False)
 
 
 def optimizer_groups(trainer, model, groups: list[dict]) -> list[dict]:

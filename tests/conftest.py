@@ -67,7 +67,8 @@ def tiny_bert(tmp_path_factory) -> Path:
     words = sorted({w for text in _corpus() for w in text.split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    # transformers 5 ignores vocab_file= (every word would be [UNK]); vocab= takes the file
+    BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128, max_position_embeddings=64)
     BertModel(config).save_pretrained(path)

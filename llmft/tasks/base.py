@@ -23,6 +23,8 @@ class Task:
     # True: the model's loss is a sum over tokens divided by the Trainer's token count
     # (num_items_in_batch: causal LM heads). Others return a mean the Trainer must not rescale.
     loss_counts_tokens: ClassVar[bool] = False
+    # metrics computed during training (early stopping) from logits + labels, besides "loss"
+    loop_metric_names: ClassVar[tuple[str, ...]] = ()
     stratify_column: ClassVar[str | None] = None  # column to stratify seeded splits on
 
     def __init_subclass__(cls, **kwargs):
@@ -81,6 +83,10 @@ class Task:
         return {}
 
     def prediction_records(self, dataset, predictions) -> list[dict]:
+        raise NotImplementedError
+
+    def loop_metrics(self, eval_pred) -> dict:
+        """The Trainer's compute_metrics: scalar metrics from (logits, labels) of one evaluation."""
         raise NotImplementedError
 
     def metadata(self) -> dict:

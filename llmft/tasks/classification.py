@@ -14,6 +14,7 @@ class Classification(Task):
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     primary_metric = "accuracy"
+    loop_metric_names = ("accuracy", "macro_f1")
     stratify_column = LABEL_COLUMN
 
     def input_columns(self) -> list[str]:
@@ -92,6 +93,10 @@ class Classification(Task):
             "macro_f1": float(f1_score(label_ids, predicted, labels=ids, average="macro", zero_division=0)),
             "per_class": per_class,
         }
+
+    def loop_metrics(self, eval_pred) -> dict:
+        metrics = self.metrics(eval_pred.predictions, eval_pred.label_ids)
+        return {k: v for k, v in metrics.items() if k in self.loop_metric_names}
 
     def baseline(self, train, eval_split) -> dict:
         majority, _ = Counter(train[LABEL_COLUMN]).most_common(1)[0]

@@ -19,6 +19,7 @@ class NER(Task):
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     primary_metric = "f1"
+    loop_metric_names = ("f1", "precision", "recall", "accuracy")
 
     def input_columns(self) -> list[str]:
         return [self.data_cfg.tokens_column]
@@ -95,14 +96,24 @@ class NER(Task):
     def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
         output = trainer.predict(tokenized, metric_key_prefix="eval")
         ids = output.predictions.argmax(-1)
-        gold, predicted = [], []
-        for pred_row, gold_row in zip(ids, output.label_ids):
-            keep = [(p, g) for p, g in zip(pred_row, gold_row) if g != IGNORE]
-            gold.append([self.labels[g] for _, g in keep])
-            predicted.append([self.labels[p] for p, _ in keep])
+        gold, predicted = self.tag_sequences(ids, output.label_ids)
         metrics = entity_metrics(gold, predicted)
         metrics["loss"] = round(output.metrics["eval_loss"], 5)
         return metrics, self.records(raw, tokenized, ids)
+
+    def loop_metrics(self, eval_pred) -> dict:
+        gold, predicted = self.tag_sequences(eval_pred.predictions.argmax(-1), eval_pred.label_ids)
+        metrics = entity_metrics(gold, predicted)
+        return {k: metrics[k] for k in self.loop_metric_names}
+
+    def tag_sequences(self, ids, label_ids) -> tuple[list, list]:
+        """Gold and predicted tags of every sentence, read at the positions that carry a label."""
+        gold, predicted = [], []
+        for pred_row, gold_row in zip(ids, label_ids):
+            keep = [(p, g) for p, g in zip(pred_row, gold_row) if g != IGNORE]
+            gold.append([self.labels[g] for _, g in keep])
+            predicted.append([self.labels[p] for p, _ in keep])
+        return gold, predicted
 
     def predict(self, trainer, inputs, generate_cfg=None) -> list[dict]:
         tokenized = self.tokenize(inputs, trainer.processing_class)
