@@ -13,7 +13,10 @@ from pathlib import Path
 
 from llmft.errors import EXIT_USER_ERROR, UserError
 
-MODULES = {"train": "llmft.train", "eval": "llmft.evaluate", "predict": "llmft.predict", "export": "llmft.export"}  # each has main(cfg, run_path)
+MODULES = {"train": "llmft.train", "eval": "llmft.evaluate", "predict": "llmft.predict", "export": "llmft.export",
+           "bench-infer": "llmft.bench_infer", "distill": "llmft.train"}  # each has main(cfg, run_path)
+# `llmft distill` is a training run (config train.yaml) whose model learns from a teacher
+CONFIG_NAMES = {"distill": "train"}
 # Hydra flags that take a value (the next argument is not an override).
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -50,7 +53,7 @@ def run(command: str, args: list[str]) -> int:
 
     import hydra
 
-    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAMES.get(command, command))
     def entry(cfg):
         from hydra.core.hydra_config import HydraConfig
 
@@ -61,8 +64,9 @@ def run(command: str, args: list[str]) -> int:
 
             validate(cfg)
             run_dir = hydra_cfg.runtime.output_dir
-            if command == "train":
-                return train(cfg, run_dir, list(hydra_cfg.overrides.task), str(hydra_cfg.mode) == "RunMode.MULTIRUN")
+            if command in ("train", "distill"):
+                return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
+                             str(hydra_cfg.mode) == "RunMode.MULTIRUN")
             return importlib.import_module(MODULES[command]).main(cfg, run_dir)
         except UserError as err:
             fail(err)
@@ -74,7 +78,7 @@ def run(command: str, args: list[str]) -> int:
     return 0
 
 
-def train(cfg, run_dir: str, overrides: list[str], sweep: bool) -> float | None:
+def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) -> float | None:
     """One training run: in this process, as a rank of a process group (joined from SLURM), or by
     spawning this node's ranks. Returns the primary metric (what an Optuna sweep maximizes).
 
@@ -90,7 +94,7 @@ def train(cfg, run_dir: str, overrides: list[str], sweep: bool) -> float | None:
         if distributed.slurm_mode(cfg.hardware) == "join":
             distributed.join_slurm(cfg.hardware)
         else:
-            distributed.spawn("train", overrides, run_dir, cfg.hardware)
+            distributed.spawn(command, overrides, run_dir, cfg.hardware)
             return primary(read_results(run_dir))
     if distributed.is_launched():
         distributed.set_rank_env(cfg.hardware)
@@ -127,7 +131,7 @@ def preflight(command: str, overrides: list[str]) -> None:
     for combo in _combinations(overrides):
         with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
             try:
-                cfg = compose(command, overrides=combo, return_hydra_config=True)
+                cfg = compose(CONFIG_NAMES.get(command, command), overrides=combo, return_hydra_config=True)
                 launcher = cfg.hydra.launcher
                 check_launcher(launcher)
             except UserError:
@@ -161,10 +165,16 @@ def check_launcher(launcher) -> None:
 
 def prepare_config(command: str, cfg, overrides: list[str]):
     """Command-specific completion of the composed config (eval: the run's own data config)."""
-    if command in ("eval", "predict", "export"):
-        from llmft.evaluate import use_run_data
+    from llmft.evaluate import use_run_data
 
-        return use_run_data(cfg, overrides)
+    if command in ("eval", "predict", "export", "bench-infer"):
+        return use_run_data(cfg, overrides, cfg.model_dir)
+    if command == "distill":  # the teacher's data, unless data=... says otherwise
+        from llmft.objective import teacher_dir
+
+        if not cfg.train.distill.teacher:
+            raise UserError("llmft distill needs teacher=RUN/model (the model to learn from)")
+        return use_run_data(cfg, overrides, str(teacher_dir(cfg.train.distill.teacher)))
     return cfg
 
 

@@ -9,13 +9,15 @@ COMMANDS = {
     "eval": "re-evaluate a saved model or adapter: llmft eval model_dir=RUN/model",
     "predict": "label new inputs: llmft predict model_dir=RUN/model predict.input_file=X.jsonl",
     "export": "merge a LoRA/DoRA/IA3 adapter into its base: llmft export model_dir=RUN/model",
+    "distill": "train a smaller student on a teacher: llmft distill teacher=RUN/model student.layers=3",
+    "bench-infer": "fp32 vs bf16 vs int8 (and students): size, accuracy, latency, throughput",
     "report": "compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png",
 }
 
 USAGE = f"""usage: llmft COMMAND [OVERRIDE ...] [-m] [--cfg job] [--help]
 
 commands:
-{chr(10).join(f"  {name:<6} {text}" for name, text in COMMANDS.items())}
+{chr(10).join(f"  {name:<11} {text}" for name, text in COMMANDS.items())}
 
 With no overrides, `llmft train` runs the default experiment: full fine-tuning of MiniLM-L6 on
 12,000 sentiment-labelled tweets, evaluated on 1,908 held-out ones (a few minutes on a CPU).
@@ -41,6 +43,12 @@ def normalize_overrides(args: list[str]) -> list[str]:
             a = "strategy=" + a[len("+strategy="):]
         elif a.startswith("export."):
             a = a[len("export."):]
+        elif a.startswith(("teacher=", "student.layers=")):  # llmft distill's short keys
+            key, value = a.split("=", 1)
+            a = f"train.distill.{'teacher' if key == 'teacher' else 'student_layers'}={value}"
+        elif a.startswith("student.name_or_path="):
+            out.append("model=hf")
+            a = "model.name_or_path=" + a.split("=", 1)[1]
         out.append(a)
     return out
 

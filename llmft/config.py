@@ -165,6 +165,9 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
     cache: bool = False  # compute the teacher's logits once per example and reuse them every epoch
+    # > 0: the model trained is a student built from N of the teacher's blocks (llmft/students.py),
+    # not model.name_or_path
+    student_layers: int = 0
 
 
 @dataclass
@@ -257,6 +260,20 @@ class ExportRunConfig:
     seed: int = 42
 
 
+@dataclass
+class BenchInferRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder (classification or ner): the fp32 reference
+    variants: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])  # fp32 | bf16 | fp16 | int8
+    students: List[str] = field(default_factory=list)  # more model/ folders, e.g. distilled students
+    data: DataConfig = MISSING  # the eval split every variant is scored on (the run's own, by default)
+    hardware: HardwareConfig = MISSING
+    latency_examples: int = 100  # single examples timed at batch 1 (after 5 warm-up)
+    batch_size: int = 32  # throughput batch
+    throughput_examples: int = 512  # eval examples timed at batch_size (after one warm-up batch)
+    seed: int = 42
+    print_config: bool = False
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
@@ -268,6 +285,7 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalRunConfig)
     cs.store(name="export_schema", node=ExportRunConfig)
     cs.store(name="predict_schema", node=PredictRunConfig)
+    cs.store(name="bench-infer_schema", node=BenchInferRunConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
@@ -374,6 +392,7 @@ def _validate_techniques(cfg) -> None:
         _require(Path(d.teacher).exists(), "train.distill.teacher", f"not found: {d.teacher}")
         _require(d.temperature > 0, "train.distill.temperature", "must be > 0")
         _require(0 <= d.alpha <= 1, "train.distill.alpha", f"must be in [0, 1] (got {d.alpha})")
+        _require(d.student_layers >= 0, "train.distill.student_layers", "must be >= 0")
         _require(not d.cache or task in ("classification", "ner"), "train.distill.cache",
                  "caches per-example logits for classification and ner; a causal LM's are vocabulary-sized")
     if es.patience > 0:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -24,14 +25,17 @@ def memory_figures() -> dict:
     return figures
 
 
-def use_run_data(cfg, overrides: list[str]):
-    """The data config the run trained with, plus any ``data.KEY=VALUE`` from the command line.
-
-    ``data=NAME`` on the command line means another data set: the composed one is kept as is.
+def use_run_data(cfg, overrides: list[str], model_dir: str):
+    """The data config the run of ``model_dir`` trained with, plus any ``data.KEY=VALUE`` from the
+    command line. ``data=NAME`` on the command line means another data set: the composed one is kept.
     """
     from omegaconf import OmegaConf, open_dict
 
-    run_config = Path(cfg.model_dir) / ".." / "config.yaml"
+    run_config = Path(model_dir) / ".." / "config.yaml"
+    meta_file = Path(model_dir) / "llmft.json"
+    if not run_config.is_file() and meta_file.is_file():  # an export elsewhere: its source's run
+        source = json.loads(meta_file.read_text()).get("source")
+        run_config = Path(source) / ".." / "config.yaml" if source else run_config
     if any(o.lstrip("+~").startswith("data=") for o in overrides) or not run_config.is_file():
         return cfg
     trained = OmegaConf.load(run_config)

@@ -89,6 +89,7 @@ def main(cfg, run_path: str | Path) -> dict:
         raise UserError(f"export check failed: merged logits differ from the adapter's by {vs_adapter:.3g} "
                         f"(> {tolerance} x {scale:.3g}); nothing was saved")
     (out / META_FILE).write_text(json.dumps({**meta, "strategy": "full", "merged_from": meta["strategy"],
+                                             "source": str(model_dir.resolve()),
                                              "merge_check": check}, indent=2) + "\n")
     console.print(
         f"merge check on {len(sample)} eval inputs: merged vs adapter max |dlogit| = {vs_adapter:.2e} "
@@ -139,7 +140,7 @@ def convert(cfg, fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path,
         shutil.rmtree(out)
         raise UserError(f"export check failed: {fmt} logits differ from fp32 by {diff:.3g} "
                         f"(> {tolerance} x {scale:.3g}); nothing was saved")
-    (out / META_FILE).write_text(json.dumps({**meta, "strategy": "full", "format": fmt, "converted_from": str(model_dir),
+    (out / META_FILE).write_text(json.dumps({**meta, "strategy": "full", "format": fmt, "source": str(model_dir.resolve()),
                                              "export_check": check}, indent=2) + "\n")
     size = size_on_disk(out)
     console.print(f"{fmt} export: max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax agreement "

@@ -179,14 +179,10 @@ def from_config(cfg, task, model, train_set, tokenizer):
 def load_teacher(path: str, task, tokenizer):
     """A trained model/ folder (or the run folder holding it), checked against the student's
     labels and tokenizer, frozen, in eval mode."""
-    from pathlib import Path
-
     from llmft.errors import UserError
     from llmft.models import load_saved, read_metadata
 
-    model_dir = Path(path)
-    if (model_dir / "model").is_dir():
-        model_dir = model_dir / "model"
+    model_dir = teacher_dir(path)
     meta = read_metadata(model_dir)
     if meta.get("task") != task.name:
         raise UserError(f"train.distill.teacher={path}: a {meta.get('task')} model; this run is {task.name}")
@@ -199,3 +195,11 @@ def load_teacher(path: str, task, tokenizer):
                         f"compares logits token by token, so both need the same tokenizer")
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+def teacher_dir(path: str):
+    """A teacher given as a run folder means its model/."""
+    from pathlib import Path
+
+    model_dir = Path(path)
+    return model_dir / "model" if (model_dir / "model").is_dir() else model_dir

@@ -44,6 +44,12 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     strategy = build_strategy(cfg, task)
     splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
 
+    if cfg.train.distill.student_layers > 0:  # the student starts as N of the teacher's blocks
+        from llmft.objective import teacher_dir
+        from llmft.students import init_from_teacher
+
+        cfg.model.name_or_path = str(init_from_teacher(teacher_dir(cfg.train.distill.teacher), task,
+                                                       cfg.train.distill.student_layers, run.path / "student_init"))
     model, tokenizer = load_backbone(cfg.model, task, strategy)
     splits = strategy.prepare_data(splits, tokenizer)
     model = strategy.apply(model)
