@@ -46,7 +46,7 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
     swept = sorted({k for r in runs for k in r["overrides"]
                     if len({r2["overrides"].get(k) for r2 in runs}) > 1 and k.lstrip("+") != "strategy"})
     header = ["run", "strategy", *swept, "metric", "value", "trainable params", "trainable %",
-              "runtime s", "tokens/s", "peak MB", "status"]
+              "drift", "CKA", "runtime s", "tokens/s", "peak MB", "status"]
     table = []
     for r in runs:
         res = r["results"] or {}
@@ -55,10 +55,12 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
         value = res.get("eval", {}).get(metric)
         memory = res.get("memory", {})
         peak = memory.get("peak_gpu_mb", memory.get("peak_rss_mb"))
+        retention = res.get("retention") or {}  # the forgetting report: weight drift, CKA
         table.append([
             str(r["path"].relative_to(root)) or ".", str(r["strategy"] or "?"),
             *[r["overrides"].get(k, "") for k in swept],
             metric, _num(value, ".4f"), _num(params.get("trainable"), ",d"), _num(params.get("trainable_pct"), ".3f"),
+            _num((retention.get("drift") or {}).get("total"), ".4f"), _num(retention.get("cka_last_hidden"), ".4f"),
             _num(train.get("runtime_s"), ".1f"), _num(train.get("tokens_per_s"), ",.0f"), _num(peak, ",.0f"),
             "completed" if r["results"] else "failed",
         ])
