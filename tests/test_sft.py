@@ -63,3 +63,21 @@ def test_sft_rejects_a_chat_without_the_answer(tmp_path, tiny_chat_llama):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     proc = run_cli("train", *sft_args(tiny_chat_llama, bad, tmp_path / "run"))
     assert proc.returncode == 2 and "row 1" in proc.stderr and "assistant" in proc.stderr
+
+
+def test_sft_distillation_and_l2sp_on_a_causal_lm(tmp_path, tiny_chat_llama, sft_data):
+    """Token-level distillation (each next token against the teacher's) and L2-SP with the
+    forgetting report's perplexity on a reference text, on a causal LM."""
+    teacher = tmp_path / "teacher"
+    proc = run_cli("train", *sft_args(tiny_chat_llama, sft_data["pairs"], teacher))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = tmp_path / "reference.txt"
+    reference.write_text("the train was late today and my report was great " * 20)
+    student = tmp_path / "student"
+    proc = run_cli("train", *sft_args(tiny_chat_llama, sft_data["pairs"], student), f"train.distill.teacher={teacher}",
+                   "train.retention.l2sp=0.01", f"train.retention.eval_file={reference}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = read_jsonl(student / "metrics.jsonl")
+    assert any("loss/distill" in r and "loss/l2sp" in r for r in lines)
+    perplexity = read_results(student)["retention"]["perplexity"]
+    assert perplexity["before"] > 0 and perplexity["after"] > 0
