@@ -80,6 +80,9 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     sampler: str = "random"  # random | balanced (each label drawn equally often; classification)
+    # Extra data trained together with this one (llmft/multitask.py), each a mapping:
+    # {kind: lm|classification, train_file: PATH, weight: 0.2, name, text_column, label_column, labels}
+    aux: List[Any] = field(default_factory=list)
     max_length: int = 128
     prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
 
@@ -348,6 +351,10 @@ def validate(cfg) -> None:
         _validate_hardware(cfg)
     if "train" in cfg and "strategy" in cfg:
         _validate_techniques(cfg)
+        if cfg.data.aux:
+            from llmft.multitask import check_aux
+
+            check_aux(cfg)
     if "model" in cfg and cfg.model.crf:
         _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
         _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")

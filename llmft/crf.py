@@ -75,7 +75,7 @@ class CrfTagger(nn.Module):
         return [*renamed, {"name": "crf", "lr_scale": crf_lr_scale,
                            "params": [f"crf.{n}" for n, _ in self.crf.named_parameters()]}]
 
-    def save_crf(self, model_dir: Path) -> None:
+    def save_extra(self, model_dir: Path) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in self.crf.state_dict().items()},

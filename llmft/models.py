@@ -69,21 +69,19 @@ def count_parameters(model) -> dict:
 
 def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> None:
     """Save as the strategy says (by default through the Trainer, which handles PEFT and
-    distributed saving), then the tokenizer and the metadata. A CRF tagger saves its encoder
-    that way and its CRF beside it."""
-    from llmft.crf import CrfTagger
-
-    tagger = trainer.model if isinstance(trainer.model, CrfTagger) else None
-    if tagger is not None:
-        trainer.model = tagger.encoder
+    distributed saving), then the tokenizer and the metadata. A wrapper (CRF tagger, multi-task
+    heads) saves its encoder that way and its own parts beside it."""
+    wrapper = trainer.model if hasattr(trainer.model, "save_extra") else None  # CRF tagger, multi-task
+    if wrapper is not None:
+        trainer.model = wrapper.encoder
     try:
         strategy.save(trainer, model_dir)
     finally:
-        if tagger is not None:
-            trainer.model = tagger
+        if wrapper is not None:
+            trainer.model = wrapper
     if trainer.is_world_process_zero():
-        if tagger is not None:
-            tagger.save_crf(model_dir)
+        if wrapper is not None:
+            wrapper.save_extra(model_dir)
         tokenizer.save_pretrained(str(model_dir))
         (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -24,7 +24,7 @@ MERGEABLE = ("LORA", "IA3")
 def plain_model(model):
     """The HF model inside llmft's wrappers (CRF tagger, prompt classifier) and PEFT, merged
     where the adapter merges; None when the fine-tuned weights cannot be read as one model."""
-    if hasattr(model, "crf"):  # llmft.crf.CrfTagger
+    if hasattr(model, "save_extra"):  # llmft's CRF tagger or multi-task heads
         model = model.encoder
     elif hasattr(model, "label_ids") and hasattr(model, "lm"):  # llmft.prompting's prompt classifier
         model = model.lm

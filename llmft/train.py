@@ -59,9 +59,17 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
 
         model = CrfTagger(model, task.labels)
         param_groups = model.param_groups(param_groups, cfg.model.crf_lr_scale)
-    params = count_parameters(model)
     train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
     eval_set = task.tokenize(splits["eval"], tokenizer)
+    aux_report = None
+    if cfg.data.aux and strategy.trains:  # multi-task / rehearsal data mixed into train
+        from llmft.multitask import MultiTaskClassifier, mix
+
+        train_set, heads, aux_report = mix(cfg, task, tokenizer, train_set)
+        if heads:
+            model = MultiTaskClassifier(model, heads)
+            param_groups = model.param_groups(param_groups)
+    params = count_parameters(model)
     objective = objective_from_config(cfg, task, model, train_set, tokenizer) if strategy.trains else None
     stopping = early_stopping(cfg, task, splits)
     validation_set = task.tokenize(splits["validation"], tokenizer) if stopping else None
@@ -113,6 +121,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "seed": cfg.seed,
             "primary_metric": task.primary_metric,
             "num_train_examples": len(splits["train"]),
+            "aux": aux_report,
             "num_eval_examples": len(eval_set),
             "eval": metrics,
             "baseline": task.baseline(splits["train"], splits["eval"]),

@@ -153,19 +153,24 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if objective is None or not model.training:  # eval loss: the model's own
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                if model.training:  # multi-task: each task's loss on the batches that had it
+                    self._add_terms({f"task_{k}": v for k, v in getattr(model, "last_terms", {}).items()})
+                return out
             outputs = model(**inputs)
             loss, terms = objective(model, inputs, outputs)
-            for name, value in terms.items():
-                self._terms[name] = self._terms.get(name, 0.0) + value.item()
-            self._terms_count += 1
+            self._add_terms(terms)
             return (loss, outputs) if return_outputs else loss
 
+        def _add_terms(self, terms: dict) -> None:
+            for name, value in terms.items():
+                total, count = self._terms.get(name, (0.0, 0))
+                self._terms[name] = (total + value.item(), count + 1)
+
         def log(self, logs, start_time=None):
-            if "loss" in logs and self._terms_count:  # each term's mean since the last log
-                logs.update({f"loss/{k}": v / self._terms_count for k, v in self._terms.items()})
+            if "loss" in logs and self._terms:  # each term's mean since the last log
+                logs.update({f"loss/{k}": total / count for k, (total, count) in self._terms.items()})
                 self._terms.clear()
-                self._terms_count = 0
             super().log(logs, start_time)
 
     class GroupLearningRates(TrainerCallback):
@@ -187,7 +192,7 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         compute_metrics=compute_metrics,
         callbacks=[*extra, *callbacks],
     )
-    trainer._terms, trainer._terms_count = {}, 0
+    trainer._terms = {}  # loss term -> (sum, count) since the last log
     # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
     # then skips the division by gradient accumulation and multiplies by the process count: for
     # heads whose loss is a per-batch mean (and for llmft's objective), that scales the gradient

@@ -81,3 +81,15 @@ def test_sft_distillation_and_l2sp_on_a_causal_lm(tmp_path, tiny_chat_llama, sft
     assert any("loss/distill" in r and "loss/l2sp" in r for r in lines)
     perplexity = read_results(student)["retention"]["perplexity"]
     assert perplexity["before"] > 0 and perplexity["after"] > 0
+
+
+def test_sft_with_replayed_text(tmp_path, tiny_chat_llama, sft_data):
+    """Rehearsal: plain text mixed into SFT as a next-token objective (data.aux kind=lm)."""
+    text = tmp_path / "general.txt"
+    text.write_text("my report was on the table and the train was late today " * 30)
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *sft_args(tiny_chat_llama, sft_data["pairs"], run_dir),
+                   f"data.aux=[{{kind:lm,train_file:{text},weight:0.2}}]", "data.max_length=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    aux = read_results(run_dir)["aux"]
+    assert aux[0]["kind"] == "lm" and aux[0]["examples"] > 0

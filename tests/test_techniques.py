@@ -243,3 +243,32 @@ def test_technique_errors_are_one_line(tmp_path, tiny_bert, tiny_data, extra, me
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, tmp_path / "run", *extra))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_multi_task_trains_a_second_head_and_saves_the_main_model(tmp_path, tiny_bert, tiny_data):
+    rows = [{"sentence": " ".join(["the"] * (2 if i % 2 else 7)), "kind": "short" if i % 2 else "long"}
+            for i in range(40)]
+    aux = write_csv(tmp_path / "aux.csv", rows)
+    run_dir = tmp_path / "run"
+    spec = f"[{{kind:classification,name:length,train_file:{aux},text_column:sentence,label_column:kind,weight:0.25}}]"
+    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, f"data.aux={spec}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["aux"] == [{"name": "length", "kind": "classification", "file": str(aux), "examples": 32,
+                               "weight": 0.25, "labels": 2}]  # 0.25 / 0.75 of the 96 main examples
+    logged = [r for r in metrics_lines(run_dir) if "loss/task_length" in r]
+    assert logged and all("loss/task_main" in r for r in logged)
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(run_dir / "model").config.num_labels == 3
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("[{kind:lm,train_file:/no/such.txt}]", "kind=lm goes with data.task=sft"),
+    ("[{kind:classification,train_file:/no/such.csv}]", "file not found"),
+    ("[{kind:classification,train_file:FILE,weight:1.5}]", "weight: must be in (0, 1)"),
+])
+def test_aux_errors(tmp_path, tiny_bert, tiny_data, spec, message):
+    spec = spec.replace("FILE", str(tiny_data["train"]))
+    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, tmp_path / "run", f"data.aux={spec}"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
