@@ -24,8 +24,11 @@ With no overrides, `llmft train` runs the default experiment: full fine-tuning o
 
 overrides (Hydra syntax):
   model=minilm|hf  data=tweet_sentiment|csv|hub  +strategy=full|lora (or strategy=...)
-  hardware=cpu|gpu  logger=none|wandb  experiment=tweets_lora|smoke
+  hardware=cpu|gpu|cpu_zero2|cpu_zero3|gpu_zero2|gpu_zero3|gpu_zero3_offload|multinode
+  logger=none|wandb  experiment=tweets_lora|smoke  hparams_search=optuna  hydra/launcher=slurm
   seed=1 train.lr=3e-4 train.epochs=2 train.batch_size=16 data.max_train_samples=2000 ...
+  train.class_weights=balanced train.retention.l2sp=0.01 train.distill.teacher=RUN
+  train.early_stopping.patience=3 train.eval_steps=100 train.lr_scheduler=cyclic
   hydra.run.dir=PATH                     where the run folder goes
 flags:
   -m                                     sweep: llmft train -m +strategy=full,lora train.lr=1e-4,3e-4

@@ -352,9 +352,7 @@ def validate(cfg) -> None:
     if "train" in cfg and "strategy" in cfg:
         _validate_techniques(cfg)
         if cfg.data.aux:
-            from llmft.multitask import check_aux
-
-            check_aux(cfg)
+            _validate_aux(cfg)
     if "model" in cfg and cfg.model.crf:
         _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
         _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
@@ -418,6 +416,35 @@ def _validate_techniques(cfg) -> None:
         top, bottom = c.max_lr or t.lr, c.base_lr if c.base_lr is not None else (c.max_lr or t.lr) / 10
         _require(0 <= bottom < top, "train.cyclic.base_lr", f"must be below max_lr ({bottom} vs {top})")
     _require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+
+
+def _validate_aux(cfg) -> None:
+    """Validation: each entry a mapping with a known kind, an existing file, a weight in (0, 1)."""
+    from llmft.paths import resolve_path
+
+    kinds = ("lm", "classification")  # llmft/multitask.py
+    total = 0.0
+    for i, aux in enumerate(cfg.data.aux):
+        key = f"data.aux[{i}]"
+        if not hasattr(aux, "get"):
+            raise UserError(f"{key}: expected {{kind: lm|classification, train_file: PATH, weight: 0.2}}")
+        kind = aux.get("kind", "lm")
+        if kind not in kinds:
+            raise UserError(f"{key}.kind: must be one of {', '.join(kinds)} (got {kind})")
+        needs = {"lm": "sft", "classification": "classification"}[kind]
+        if cfg.data.task != needs:
+            raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
+        if not aux.get("train_file"):
+            raise UserError(f"{key}.train_file is required")
+        path = resolve_path(aux["train_file"], key=f"{key}.train_file")
+        if not path.is_file():
+            raise UserError(f"{key}.train_file: file not found: {path}")
+        weight = float(aux.get("weight", 0.2))
+        if not 0 < weight < 1:
+            raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
+        total += weight
+    if total >= 1:
+        raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
 
 
 def _validate_hardware(cfg) -> None:

@@ -22,34 +22,7 @@ import torch.nn.functional as F
 from llmft.errors import UserError
 from llmft.paths import resolve_path
 
-KINDS = ("lm", "classification")
 TASK_ID = "task_id"
-
-
-def check_aux(cfg) -> None:
-    """Validation: each entry a mapping with a known kind, an existing file, a weight in (0, 1)."""
-    total = 0.0
-    for i, aux in enumerate(cfg.data.aux):
-        key = f"data.aux[{i}]"
-        if not hasattr(aux, "get"):
-            raise UserError(f"{key}: expected {{kind: lm|classification, train_file: PATH, weight: 0.2}}")
-        kind = aux.get("kind", "lm")
-        if kind not in KINDS:
-            raise UserError(f"{key}.kind: must be one of {', '.join(KINDS)} (got {kind})")
-        needs = {"lm": "sft", "classification": "classification"}[kind]
-        if cfg.data.task != needs:
-            raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
-        if not aux.get("train_file"):
-            raise UserError(f"{key}.train_file is required")
-        path = resolve_path(aux["train_file"], key=f"{key}.train_file")
-        if not path.is_file():
-            raise UserError(f"{key}.train_file: file not found: {path}")
-        weight = float(aux.get("weight", 0.2))
-        if not 0 < weight < 1:
-            raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
-        total += weight
-    if total >= 1:
-        raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
 
 
 def mix(cfg, task, tokenizer, train_set):
