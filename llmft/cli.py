@@ -8,7 +8,7 @@ COMMANDS = {
     "train": "fine-tune a model and evaluate it on the held-out split",
     "eval": "re-evaluate a saved model or adapter: llmft eval model_dir=RUN/model",
     "predict": "label new inputs: llmft predict model_dir=RUN/model predict.input_file=X.jsonl",
-    "export": "merge a LoRA/DoRA/IA3 adapter into its base: llmft export model_dir=RUN/model",
+    "export": "merge an adapter or convert: llmft export model_dir=RUN/model [export.format=bf16|fp16|int8]",
     "distill": "train a smaller student on a teacher: llmft distill teacher=RUN/model student.layers=3",
     "bench-infer": "fp32 vs bf16 vs int8 (and students): size, accuracy, latency, throughput",
     "report": "compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png",
