@@ -188,7 +188,7 @@ class TrainConfig:
     num_cycles: float = 1.0  # cosine_with_restarts: restarts (cosine: 0.5 = one half-wave)
     power: float = 1.0  # polynomial decay
     cyclic: CyclicConfig = field(default_factory=CyclicConfig)
-    optim: str = "adamw"  # adamw (fused on CUDA) | sgd | adafactor
+    optim: str = "adamw"  # adamw (torch's fused kernel) | sgd | adafactor
     momentum: float = 0.9  # sgd
     loss: str = "ce"  # ce | focal (classification, ner)
     focal_gamma: float = 2.0
