@@ -48,7 +48,7 @@ def main(cfg, run_path: str | Path) -> dict:
     candidates = [(v, lambda v=v: to_variant(reference, v)) for v in cfg.variants]
     for student in cfg.students:
         student_meta = read_metadata(Path(student))
-        candidates.append((f"student {Path(student).parent.name}",
+        candidates.append((f"student ({Path(student).resolve().parent.name})",
                            lambda s=student, m=student_meta: plain_model(load_saved(Path(s), task, m)[0])))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

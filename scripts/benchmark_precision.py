@@ -35,7 +35,8 @@ def main() -> None:
         rows[precision] = json.loads((run_dir / "results.json").read_text())
     first = next(iter(rows.values()))["train"]["tokens_per_s"]
     metric = next(iter(rows.values()))["primary_metric"]
-    print("| precision | train tokens/s | x first | train s | wall s | accuracy | macro-F1 / " + metric + " |")
+    second = "macro-F1" if "macro_f1" in next(iter(rows.values()))["eval"] else metric
+    print(f"| precision | train tokens/s | x first | train s | wall s | accuracy | {second} |")
     print("|---|---|---|---|---|---|---|")
     for precision, r in rows.items():
         t, e = r["train"], r["eval"]
