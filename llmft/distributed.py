@@ -119,6 +119,8 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
         run_id=os.environ.get("SLURM_JOB_ID", "llmft"), rdzv_backend="static", rdzv_endpoint=endpoint,
         rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5,
     )
+    if hardware.zero_stage > 0 and os.environ.get("DS_ACCELERATOR") == "cpu":
+        prebuild_cpu_ops()
     args = ["-m", "llmft.cli", command, *overrides, f"hydra.run.dir={run_dir}"]
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     log.info("starting %d processes on this node (world size %d)", hardware.nproc_per_node, world_size(hardware))
@@ -131,6 +133,17 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
             print(f"llmft: error: rank {failed_rank} failed (exit code {failure.exitcode}); its traceback is above",
                   file=sys.stderr)
         sys.exit(code)
+
+
+def prebuild_cpu_ops() -> None:
+    """DeepSpeed compiles its CPU communication op on first use (about a minute, then cached in
+    TORCH_EXTENSIONS_DIR). Build it here, once, rather than in every rank at the same time."""
+    try:
+        from deepspeed.comm.torch import build_shm_op
+
+        build_shm_op()
+    except Exception as err:  # the ranks will try again and report a real failure themselves
+        log.warning("could not prebuild DeepSpeed's CPU ops: %s", err)
 
 
 def free_port() -> int:

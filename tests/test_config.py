@@ -68,8 +68,10 @@ def test_scheduler_names_match_transformers():
     from transformers.trainer_utils import SchedulerType
 
     from llmft.config import LR_SCHEDULERS
+    from llmft.trainer import TORCH_SCHEDULERS
 
-    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType}
+    # every transformers name, plus torch's one_cycle and cyclic (llmft builds those itself)
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} | set(TORCH_SCHEDULERS)
 
 
 def test_help_is_fast_and_lists_commands():
