@@ -98,7 +98,9 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
             return primary(read_results(run_dir))
     if distributed.is_launched():
         distributed.set_rank_env(cfg.hardware)
-    return primary(importlib.import_module(MODULES["train"]).main(cfg, run_dir))
+    results = importlib.import_module(MODULES["train"]).main(cfg, run_dir)
+    distributed.leave()  # after success only: a failed rank must not wait for the others at a barrier
+    return primary(results)
 
 
 def primary(results: dict | None) -> float | None:

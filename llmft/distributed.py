@@ -78,6 +78,18 @@ def slurm_port(hardware) -> int:
     return hardware.master_port + job % 1000
 
 
+def leave() -> None:
+    """Tear the process group down before the interpreter exits: a rank that exits with gloo's
+    and DeepSpeed's threads still running can abort ("terminate called without an active
+    exception") after its work is done."""
+    import sys
+
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def join_slurm(hardware) -> None:
     """Set the torch.distributed variables of this SLURM task (one task = one rank)."""
     env = os.environ
