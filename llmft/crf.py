@@ -66,14 +66,11 @@ class CrfTagger(nn.Module):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     def param_groups(self, groups: list[dict] | None, crf_lr_scale: float) -> list[dict]:
-        """The strategy's optimizer groups renamed under ``encoder.``, plus the CRF's own group:
-        its few transition scores need a far larger step than the pretrained encoder."""
-        if groups is None:
-            groups = [{"name": "encoder", "lr_scale": 1.0,
-                       "params": [n for n, p in self.encoder.named_parameters() if p.requires_grad]}]
-        renamed = [{**g, "params": [f"encoder.{n}" for n in g["params"]]} for g in groups]
-        return [*renamed, {"name": "crf", "lr_scale": crf_lr_scale,
-                           "params": [f"crf.{n}" for n, _ in self.crf.named_parameters()]}]
+        """The strategy's groups under ``encoder.`` plus the CRF's own: its few transition scores
+        need a far larger step than the pretrained encoder."""
+        from llmft.layers import wrapper_param_groups
+
+        return wrapper_param_groups(self, groups, "crf", crf_lr_scale)
 
     def save_extra(self, model_dir: Path) -> None:
         from safetensors.torch import save_file

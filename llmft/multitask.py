@@ -161,11 +161,9 @@ class MultiTaskClassifier(nn.Module):
         return SequenceClassifierOutput(loss=torch.stack(losses).sum() / len(labels), logits=out.logits)
 
     def param_groups(self, groups: list[dict] | None) -> list[dict]:
-        if groups is None:
-            groups = [{"name": "encoder", "lr_scale": 1.0,
-                       "params": [n for n, p in self.encoder.named_parameters() if p.requires_grad]}]
-        renamed = [{**g, "params": [f"encoder.{n}" for n in g["params"]]} for g in groups]
-        return [*renamed, {"name": "aux_heads", "lr_scale": 1.0, "params": [f"heads.{n}" for n, _ in self.heads.named_parameters()]}]
+        from llmft.layers import wrapper_param_groups
+
+        return wrapper_param_groups(self, groups, "heads")
 
     def save_extra(self, model_dir: Path) -> None:
         """Aux heads serve training only; model/ is the main task's model."""
