@@ -9,7 +9,6 @@ Every variant sees the same tokenized examples in the same order; timings exclud
 """
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from llmft.errors import UserError
+from llmft.run_dir import dumps
 
 
 def main(cfg, run_path: str | Path) -> dict:
@@ -73,7 +73,7 @@ def main(cfg, run_path: str | Path) -> dict:
         f"{torch.get_num_threads()} CPU threads.\n\n{table}\n")
     results = {"status": "completed", "model_dir": str(model_dir), "primary_metric": task.primary_metric,
                "eval_examples": len(features), "variants": rows}
-    (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (run / "results.json").write_text(dumps(results, indent=2) + "\n")
     return results
 
 

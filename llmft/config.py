@@ -103,9 +103,16 @@ class GenerateConfig:
 
 @dataclass
 class StrategyConfig:
-    """Base of every strategy's schema; each strategy module extends it with its own knobs."""
+    """Base of every strategy's schema; each strategy module extends it with its own knobs.
+
+    ``lr``, ``warmup_ratio`` and ``weight_decay`` are the strategy's recommended training
+    hyperparameters: train.yaml reads ``train.lr: ${strategy.lr}`` (and the others), so
+    ``+strategy=X`` alone trains at X's rate and ``train.lr=...`` still wins."""
 
     name: str = MISSING
+    lr: float = 5e-5
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
 
 
 @dataclass

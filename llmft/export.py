@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from llmft.errors import UserError
+from llmft.run_dir import dumps
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def main(cfg, run_path: str | Path) -> dict:
         f"{adapter_effect:.3g} from the base, the merged model by {vs_base:.3g}\nmerged model: {out}"
     )
     result = {"status": "completed", "output_dir": str(out), "source": str(model_dir), "check": check}
-    (Path(run_path) / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(run_path) / "export.json").write_text(dumps(result, indent=2) + "\n")
     return result
 
 
@@ -147,5 +148,5 @@ def convert(cfg, fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path,
                   f"{agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB of weights\n{fmt} model: {out}")
     result = {"status": "completed", "format": fmt, "output_dir": str(out), "source": str(model_dir),
               "size_bytes": size, "check": check}
-    (Path(run_path) / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(run_path) / "export.json").write_text(dumps(result, indent=2) + "\n")
     return result

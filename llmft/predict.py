@@ -6,10 +6,10 @@ unlabelled inputs (csv or json lines with the data config's text column(s)).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
+from llmft.run_dir import dumps
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def main(cfg, run_path: str | Path) -> dict:
 
     out = Path(cfg.predict.output_file) if cfg.predict.output_file else run.path / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    out.write_text("".join(dumps(r) + "\n" for r in records))
     summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
                "precision": cfg.predict.precision, "compile": cfg.predict.compile,
                "seconds": round(seconds, 3), "examples_per_s": round(len(records) / seconds, 1) if seconds else None}

@@ -79,14 +79,19 @@ class RunDir:
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
     def write_predictions(self, records: list[dict]) -> None:
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        lines = "".join(dumps(r) + "\n" for r in records)
         _atomic_write(self.path / "predictions.jsonl", lines)
 
     def write_results(self, results: dict) -> None:
         """The last write of a run. Also drops the Trainer's output folder if nothing was saved there."""
         if self.checkpoints.is_dir() and not any(self.checkpoints.iterdir()):
             self.checkpoints.rmdir()
-        _atomic_write(self.results_file, json.dumps(results, indent=2) + "\n")
+        _atomic_write(self.results_file, dumps(results, indent=2) + "\n")
+
+    def write_failure(self, reason: str, **details) -> None:
+        """results.json of a run that stopped on an error it diagnosed (status "failed", never read
+        as complete)."""
+        _atomic_write(self.results_file, dumps({"status": "failed", "reason": reason, **details}, indent=2) + "\n")
 
     def callbacks(self) -> list:
         return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints(), *SaveOnPreemption.if_managed()]
@@ -103,7 +108,7 @@ class MetricsLog(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
@@ -161,9 +166,29 @@ class SaveOnPreemption(TrainerCallback):
 
 
 def read_results(run_dir: str | Path) -> dict | None:
-    """A run folder's results.json, or None when the run did not complete."""
+    """A run folder's results.json, or None when the run did not complete (none, or "failed")."""
     path = Path(run_dir) / RESULTS
-    return json.loads(path.read_text()) if path.is_file() else None
+    results = json.loads(path.read_text()) if path.is_file() else None
+    return results if results is not None and results.get("status") == "completed" else None
+
+
+def finite_json(value):
+    """``value`` with every non-finite float as the string "nan", "inf" or "-inf": JSON has no
+    NaN, and a bare NaN (what json.dumps writes by default) breaks strict readers."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps(value, **kwargs) -> str:
+    """Strict JSON for everything a run writes (allow_nan=False after finite_json)."""
+    return json.dumps(finite_json(value), allow_nan=False, ensure_ascii=False, **kwargs)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -20,7 +20,7 @@ from llmft.paths import resolve_model_path
 from llmft.run_dir import RunDir
 from llmft.strategies import build_strategy
 from llmft.tasks import build_task
-from llmft.trainer import build_trainer, finish_tracker, start_tracker, training_arguments
+from llmft.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,11 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         if strategy.trains:
             if resume_from:
                 log.info("resuming from %s", resume_from)
-            trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            try:
+                trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                check_finite_weights(trainer.model, trainer.state.global_step)
+            except NonFinite as err:
+                raise diverged(run, err, lead) from None
             train_figures = train_summary(trainer, trained, resume_step)
             if stopping:
                 train_figures["early_stopping"] = stopping_summary(trainer, stopping["metric"])
@@ -142,6 +146,26 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     if lead:
         print_results(results)
     return results
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Every trainable weight finite after training (fp16 overflow, a custom loss): else NonFinite."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param.detach()).all():
+            raise NonFinite(f"weight {name}", float("nan"), step)
+
+
+def diverged(run: RunDir, err: NonFinite, lead: bool) -> UserError:
+    """The one line for a run that diverged; its results.json says "failed" (no model/ is written)."""
+    checkpoint = run.latest_checkpoint()
+    where = str(checkpoint) if checkpoint else "none (train.save_steps=N keeps them)"
+    message = (f"{err}; last complete checkpoint: {where}. Lower train.lr, keep train.max_grad_norm > 0, "
+               f"or resume from the checkpoint with other settings")
+    if lead:
+        run.write_failure(str(err), step=err.step, last_checkpoint=str(checkpoint) if checkpoint else None)
+    return UserError(message)
 
 
 def early_stopping(cfg, task, splits) -> dict | None:

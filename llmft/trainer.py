@@ -5,6 +5,7 @@ decides the device, precision and the DeepSpeed config (``TrainingArguments(deep
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
@@ -97,6 +98,7 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         **precision_flags(cfg.hardware),
         dataloader_num_workers=cfg.hardware.dataloader_workers,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # metrics.jsonl shows a nan loss as nan (and the run stops: NonFinite)
         disable_tqdm=False,
         gradient_checkpointing=cfg.hardware.gradient_checkpointing,
         deepspeed=deepspeed,  # rendered from cfg.hardware (llmft/distributed.py); None: no DeepSpeed
@@ -128,6 +130,20 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     from transformers import Trainer, TrainerCallback
 
     class LlmftTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():  # before the optimizer step: the weights are still finite
+                raise NonFinite("loss", loss.float().max().item(), self.state.global_step + 1)
+            return loss
+
+        def _get_grad_norm(self, model, grad_norm=None):
+            grad_norm = super()._get_grad_norm(model, grad_norm)
+            value = float(grad_norm) if grad_norm is not None else 0.0
+            # fp16 loss scaling overflows on purpose now and then: the scaler skips that step
+            if not math.isfinite(value) and not self.args.fp16:
+                raise NonFinite("gradient norm", value, self.state.global_step + 1)
+            return grad_norm
+
         def create_optimizer(self, model=None):
             if param_groups is None or self.optimizer is not None:
                 return super().create_optimizer(model)
@@ -198,6 +214,15 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     trainer.model_accepts_loss_kwargs = (trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
                                          and objective is None)
     return trainer
+
+
+class NonFinite(Exception):
+    """The loss or the gradient norm became nan/inf at ``step``; raised before the optimizer step,
+    so no update from it reaches the weights (the recipe turns it into a one-line error)."""
+
+    def __init__(self, what: str, value: float, step: int):
+        super().__init__(f"{what} became {value} at step {step}")
+        self.what, self.value, self.step = what, value, step
 
 
 def torch_scheduler(t, optimizer, total_steps: int):

@@ -122,3 +122,37 @@ def test_non_editable_install_finds_its_configs(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert yaml.safe_load(proc.stdout)["strategy"]["name"] == "lora"
+
+
+STRATEGY_FILES = sorted((CONFIGS / "strategy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STRATEGY_FILES, ids=lambda p: p.stem)
+def test_each_strategy_trains_at_its_own_defaults_unless_told_otherwise(path):
+    """`+strategy=X` alone applies X's recommended lr / warm-up / weight decay; train.* still wins."""
+    from hydra import compose, initialize_config_dir
+
+    from llmft.app import config_dir
+    from llmft.config import register_configs
+
+    register_configs()
+    own = yaml.safe_load(path.read_text())
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"strategy={path.stem}"])
+        told = compose("train", overrides=[f"strategy={path.stem}", "train.lr=1e-4", "train.weight_decay=0.3"])
+    from llmft.strategies import strategy_class
+
+    if not strategy_class(path.stem).trains:
+        return  # zero_shot, few_shot: nothing trains
+    assert "lr" in own, f"{path.name} names no lr: every strategy carries the rate it needs"
+    assert cfg.train.lr == pytest.approx(float(own["lr"]))
+    assert cfg.train.weight_decay == pytest.approx(float(own.get("weight_decay", 0.01)))
+    assert cfg.train.warmup_ratio == pytest.approx(float(own.get("warmup_ratio", 0.06)))
+    assert told.train.lr == pytest.approx(1e-4) and told.train.weight_decay == pytest.approx(0.3)
+
+
+def test_the_parameter_efficient_strategies_train_faster_than_full():
+    """The reason defaults exist: LoRA at full fine-tuning's 5e-5 learned nothing in one epoch."""
+    rate = {p.stem: float(yaml.safe_load(p.read_text())["lr"]) for p in STRATEGY_FILES}
+    for name in ("lora", "dora", "qlora", "ia3", "bitfit", "adapter", "prompt_tuning", "p_tuning", "prefix"):
+        assert rate[name] >= 10 * rate["full"], name

@@ -174,3 +174,27 @@ def test_wandb_offline_run_is_written(tmp_path, tiny_data, tiny_bert):
     for key in (b"name_or_path", b"train/loss", b"train/learning_rate", b"final/accuracy"):
         assert key in records, key
     assert (run_dir / "results.json").is_file()
+
+
+def test_a_diverging_run_stops_at_the_step_with_one_line(tmp_path, tiny_data, tiny_bert):
+    """Fault injection: lr 1e30 without warm-up or clipping blows the weights up after step 1;
+    the nan loss of step 2 stops the run there, before its update, with one line."""
+    import re
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.lr=1e30", "train.warmup_ratio=0",
+                                             "train.max_grad_norm=0", "train.save_steps=1", "train.logging_steps=1"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("llmft: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    match = re.search(r"(loss|gradient norm) became (nan|inf|-inf) at step (\d+); last complete checkpoint: (\S+)\.",
+                      lines[0])
+    assert match, lines[0]
+    step = int(match.group(3))
+    assert match.group(4) == str(run_dir / "checkpoints" / f"checkpoint-{step - 1}")
+    assert (run_dir / "checkpoints" / f"checkpoint-{step - 1}" / ".complete").is_file()  # kept
+    assert not (run_dir / "model").exists()
+    results = json.loads((run_dir / "results.json").read_text())  # strict JSON, says failed
+    assert results["status"] == "failed" and results["step"] == step
+    logged = read_jsonl(run_dir / "metrics.jsonl")  # steps before the failure, real values, valid JSON
+    assert [m["step"] for m in logged if "loss" in m] == list(range(1, step))
