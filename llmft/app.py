@@ -104,10 +104,23 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
 
 
 def primary(results: dict | None) -> float | None:
-    if not results or results.get("status") != "completed":
+    """The value a sweep selects on: the primary metric on the validation split (never on "eval",
+    the held-out split the run reports)."""
+    if not results or results.get("status") != "completed" or not results.get("validation"):
         return None
-    value = results["eval"].get(results.get("primary_metric"))
+    value = results["validation"].get(results.get("primary_metric"))
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def check_search(cfg) -> None:
+    """An optimizing sweeper selects on the validation split: refuse a config that has none."""
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    if "optuna" not in sweeper.lower() or "data" not in cfg:
+        return
+    d = cfg.data
+    if d.validation_fraction == 0 and not d.validation_file and d.source == "files":
+        raise UserError("hparams_search: selects on the validation split and this data config has none; "
+                        "set data.validation_fraction=0.1 (carved from train) or data.validation_file=PATH")
 
 
 def overrides_of(args: list[str]) -> list[str]:
@@ -136,6 +149,7 @@ def preflight(command: str, overrides: list[str]) -> None:
                 cfg = compose(CONFIG_NAMES.get(command, command), overrides=combo, return_hydra_config=True)
                 launcher = cfg.hydra.launcher
                 check_launcher(launcher)
+                check_search(cfg)
             except UserError:
                 raise
             except Exception as err:  # Hydra's and OmegaConf's composition errors

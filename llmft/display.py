@@ -25,7 +25,8 @@ def print_config(cfg, groups=("model", "data", "strategy", "hardware", "logger",
 
 def print_results(results: dict) -> None:
     metrics = {k: v for k, v in results["eval"].items() if isinstance(v, (int, float))}
-    table = Table(title=f"results: {results['run_dir']}", title_justify="left")
+    table = Table(title=f"results: {results['run_dir']}", title_justify="left",
+                  caption="eval: the held-out test split; validation: the split sweeps select on", caption_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
@@ -44,7 +45,13 @@ def print_results(results: dict) -> None:
     if params:
         table.add_row("trainable params", f"{params['trainable']:,} ({params['trainable_pct']:.2f} %)")
     table.add_row("eval examples", str(results["num_eval_examples"]))
+    validation = results.get("validation")
+    if validation and results.get("primary_metric") in validation:
+        metric = results["primary_metric"]
+        table.add_row(f"validation {metric} (what sweeps select on)", _fmt(validation[metric]))
     console.print(table)
+    for warning in results.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def _fmt(value) -> str:

@@ -72,6 +72,7 @@ def main(cfg, run_path: str | Path) -> dict:
 
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)
     metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
+    baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
     results = {
         "status": "completed",
         "run_dir": str(run.path),
@@ -82,7 +83,8 @@ def main(cfg, run_path: str | Path) -> dict:
         "primary_metric": task.primary_metric,
         "num_eval_examples": len(eval_set),
         "eval": metrics,
-        "baseline": task.baseline(splits["train"], splits["eval"]) if "train" in splits else {},
+        "baseline": baseline,
+        "warnings": task.warnings(metrics, baseline, records),
         "memory": memory_figures(),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }

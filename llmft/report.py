@@ -1,8 +1,12 @@
 """``llmft report DIR``: one table (and a plot) comparing every run found under DIR.
 
 A run is a folder with Hydra's ``.hydra/`` (or a results.json). Completed runs give their
-metric, parameter counts and throughput; runs without results.json are listed as failed, not
-dropped. Columns show the strategy and every override that differs between the runs.
+primary metric on the validation split (what a sweep selects on) and on the held-out test split
+(what to report), the majority-class baseline, parameter counts, throughput and the run's
+warnings (one class predicted for everything, no better than the baseline; the plot marks those
+runs with a red cross and draws the baseline). Runs without a completed results.json are listed
+as failed, with the reason when the run gave one. Columns show the strategy and every override
+that differs between the runs.
 Writes DIR/report.md and DIR/report.png and prints the table.
 """
 from __future__ import annotations
@@ -25,13 +29,16 @@ def read_run(run: Path) -> dict:
     if (run / ".hydra" / "overrides.yaml").is_file():
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else None
+    failure = None
+    if results is not None and results.get("status") != "completed":  # e.g. diverged: {"status": "failed", "reason"}
+        failure, results = results.get("reason"), None
     strategy = results.get("strategy") if results else None
     if strategy is None and (run / ".hydra" / "config.yaml").is_file():
         config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
         strategy = (config.get("strategy") or {}).get("name")
     pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
     return {"path": run, "overrides": {key: _canonical(value) for key, value in pairs},
-            "results": results, "strategy": strategy}
+            "results": results, "strategy": strategy, "failure": failure}
 
 
 def _canonical(value: str) -> str:
@@ -45,26 +52,34 @@ def _canonical(value: str) -> str:
 def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
     swept = sorted({k for r in runs for k in r["overrides"]
                     if len({r2["overrides"].get(k) for r2 in runs}) > 1 and k.lstrip("+") != "strategy"})
-    header = ["run", "strategy", *swept, "metric", "value", "trainable params", "trainable %",
-              "drift", "CKA", "runtime s", "tokens/s", "peak MB", "status"]
+    header = ["run", "strategy", *swept, "metric", "validation", "test", "baseline", "trainable params",
+              "trainable %", "drift", "CKA", "runtime s", "tokens/s", "peak MB", "warnings", "status"]
     table = []
     for r in runs:
         res = r["results"] or {}
         train, params = res.get("train") or {}, res.get("params", {})
         metric = res.get("primary_metric", "")
-        value = res.get("eval", {}).get(metric)
+        value = res.get("eval", {}).get(metric)  # the held-out test split
+        selected_on = (res.get("validation") or {}).get(metric)
         memory = res.get("memory", {})
         peak = memory.get("peak_gpu_mb", memory.get("peak_rss_mb"))
         retention = res.get("retention") or {}  # the forgetting report: weight drift, CKA
         table.append([
             str(r["path"].relative_to(root)) or ".", str(r["strategy"] or "?"),
             *[r["overrides"].get(k, "") for k in swept],
-            metric, _num(value, ".4f"), _num(params.get("trainable"), ",d"), _num(params.get("trainable_pct"), ".3f"),
+            metric, _num(selected_on, ".4f"), _num(value, ".4f"), _num(baseline_value(res), ".4f"),
+            _num(params.get("trainable"), ",d"), _num(params.get("trainable_pct"), ".3f"),
             _num((retention.get("drift") or {}).get("total"), ".4f"), _num(retention.get("cka_last_hidden"), ".4f"),
             _num(train.get("runtime_s"), ".1f"), _num(train.get("tokens_per_s"), ",.0f"), _num(peak, ",.0f"),
-            "completed" if r["results"] else "failed",
+            "; ".join(res.get("warnings") or []),
+            "completed" if r["results"] else ("failed: " + r["failure"] if r["failure"] else "failed"),
         ])
     return header, table
+
+
+def baseline_value(results: dict) -> float | None:
+    """The primary metric of the trivial predictor (majority class / all-O), where the task has one."""
+    return (results.get("baseline") or {}).get(f"majority_{results.get('primary_metric')}")
 
 
 def _num(value, fmt: str) -> str:
@@ -86,17 +101,29 @@ def write_plot(path: Path, runs: list[dict], header: list[str], table: list[list
     fig, ax = plt.subplots(figsize=(8, 5))
     swept = header[2:header.index("metric")]
     metric = next((r["results"]["primary_metric"] for r in runs if r["results"]), "metric")
+    baselines = set()
     for r, row in zip(runs, table):
         if not r["results"]:
             continue
         x, y = r["results"]["params"]["trainable"], r["results"]["eval"][metric]
         label = " ".join([row[1], *[f"{k}={v}" for k, v in zip(swept, row[2:2 + len(swept)]) if v]])
-        ax.scatter(x, y)
+        if r["results"].get("warnings"):  # learned nothing useful: a red cross and a "!"
+            ax.scatter(x, y, marker="x", color="red")
+            label = f"! {label}"
+        else:
+            ax.scatter(x, y)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if baseline_value(r["results"]) is not None:
+            baselines.add(round(baseline_value(r["results"]), 6))
+    for i, value in enumerate(sorted(baselines)):
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1,
+                   label="majority-class baseline" if i == 0 else None)
+    if baselines:
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(f"eval {metric}")
-    ax.set_title("eval metric against trainable parameters")
+    ax.set_ylabel(f"{metric} on the held-out test split")
+    ax.set_title("test metric against trainable parameters (! = no better than the baseline or one class)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -126,7 +153,7 @@ def main(argv: list[str]) -> int:
 
     view = Table(title=f"{len(runs)} runs under {root}", title_justify="left")
     for name in header:
-        view.add_column(name, justify="right" if name not in ("run", "strategy", "metric", "status") else "left")
+        view.add_column(name, justify="right" if name not in ("run", "strategy", "metric", "warnings", "status") else "left")
     for row in table:
         view.add_row(*row)
     Console(width=200).print(view)

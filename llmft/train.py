@@ -114,6 +114,11 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         })
 
         metrics, records = strategy.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
+        baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
+        validation = None  # what sweeps select on; "eval" (the held-out test split) is what is reported
+        if "validation" in splits:
+            validation_set = validation_set or task.tokenize(splits["validation"], tokenizer)
+            validation, _ = strategy.evaluate(trainer, validation_set, splits["validation"], cfg.generate)
         results = {
             "status": "completed",
             "run_dir": str(run.path),
@@ -127,8 +132,11 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "num_train_examples": len(splits["train"]),
             "aux": aux_report,
             "num_eval_examples": len(eval_set),
-            "eval": metrics,
-            "baseline": task.baseline(splits["train"], splits["eval"]),
+            "eval": metrics,  # the held-out test split: the numbers to report
+            "num_validation_examples": len(splits["validation"]) if validation is not None else 0,
+            "validation": validation,  # early stopping and sweeps select on these, never on "eval"
+            "baseline": baseline,
+            "warnings": task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
             "train": train_figures,
             "hardware": {"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
                          "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},

@@ -67,6 +67,15 @@ def test_report_on_a_sweep_with_a_failed_run(tmp_path, tiny_data, tiny_bert):
     completed = [(r[1], float(r[2])) for r in body if r[-1] == "completed"]
     assert sorted(completed) == sorted((s, lr) for s in ("full", "lora", "bitfit") for lr in (1e-3, 5e-3))
     assert [r[0] for r in body if r[-1] == "failed"] == ["6"]
+    assert {"validation", "test", "baseline", "warnings"} <= set(header)
+    for row in body[:6]:  # warnings worked out here from each run's predictions and baseline
+        cell = dict(zip(header, row))
+        predictions = read_jsonl(sweep / row[0] / "predictions.jsonl")
+        accuracy = sum(p["label"] == p["prediction"] for p in predictions) / len(predictions)
+        majority = max(sum(p["label"] == label for p in predictions) for label in ("negative", "neutral", "positive"))
+        useless = len({p["prediction"] for p in predictions}) == 1 or accuracy <= majority / len(predictions)
+        assert bool(cell["warnings"]) == useless, (row, accuracy)
+        assert float(cell["test"]) == pytest.approx(accuracy, abs=1e-4)
     assert (sweep / "report.png").stat().st_size > 10_000
     assert "failed" in proc.stdout and "bitfit" in proc.stdout
 

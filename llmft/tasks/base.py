@@ -65,6 +65,7 @@ class Task:
         with a progress bar), then ``metrics`` and ``prediction_records`` on its logits."""
         output = trainer.predict(tokenized, metric_key_prefix="eval")
         predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        check_finite(predictions)
         metrics = self.metrics(predictions, output.label_ids)
         if "eval_loss" in output.metrics:
             metrics["loss"] = round(output.metrics["eval_loss"], 5)
@@ -82,6 +83,11 @@ class Task:
     def baseline(self, train, eval_split) -> dict:
         return {}
 
+    def warnings(self, metrics: dict, baseline: dict, records: list[dict]) -> list[str]:
+        """Signs that a run learned nothing useful (one class for everything, no better than the
+        baseline): results.json lists them under "warnings" and the report marks the run."""
+        return []
+
     def prediction_records(self, dataset, predictions) -> list[dict]:
         raise NotImplementedError
 
@@ -96,3 +102,14 @@ class Task:
     @classmethod
     def from_metadata(cls, data_cfg, meta: dict) -> "Task":
         return cls(data_cfg, labels=meta.get("labels"))
+
+
+def check_finite(outputs) -> None:
+    """Scores with nan/inf would be argmaxed to label 0 and reported as a plain number: refuse."""
+    import numpy as np
+
+    if not np.isfinite(np.asarray(outputs, dtype=np.float64)).all():
+        from llmft.errors import UserError
+
+        raise UserError("the model's outputs on the eval split are nan/inf: its weights are broken "
+                        "(a diverged or badly converted model); nothing was reported")

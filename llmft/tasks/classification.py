@@ -106,6 +106,16 @@ class Classification(Task):
             "majority_accuracy": sum(1 for g in gold if g == majority) / max(len(gold), 1),
         }
 
+    def warnings(self, metrics: dict, baseline: dict, records: list[dict]) -> list[str]:
+        out = []
+        predicted = Counter(r["prediction"] for r in records)
+        if len(predicted) == 1 and len(records) > 1:
+            out.append(f"predicts '{next(iter(predicted))}' for all {len(records)} eval examples")
+        accuracy, majority = metrics.get("accuracy"), baseline.get("majority_accuracy")
+        if accuracy is not None and majority is not None and accuracy <= majority:
+            out.append(f"accuracy {accuracy:.4f} is no better than the majority-class baseline {majority:.4f}")
+        return out
+
     def prediction_records(self, dataset, predictions) -> list[dict]:
         import numpy as np
 

@@ -8,7 +8,7 @@ sub-word of each word carries the word's tag, the rest are ignored in the loss a
 from __future__ import annotations
 
 from llmft.errors import UserError
-from llmft.tasks.base import Task
+from llmft.tasks.base import Task, check_finite
 
 LABELS = "labels"
 IGNORE = -100
@@ -95,11 +95,24 @@ class NER(Task):
 
     def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
         output = trainer.predict(tokenized, metric_key_prefix="eval")
+        check_finite(output.predictions)
         ids = output.predictions.argmax(-1)
         gold, predicted = self.tag_sequences(ids, output.label_ids)
         metrics = entity_metrics(gold, predicted)
         metrics["loss"] = round(output.metrics["eval_loss"], 5)
         return metrics, self.records(raw, tokenized, ids)
+
+    def baseline(self, train, eval_split) -> dict:
+        """Tagging every token O: its token accuracy (a model that found no entity scores this)."""
+        tags = [self.labels[t] for row in eval_split["tag_ids"] for t in row]
+        return {"majority_tag": "O", "majority_token_accuracy": sum(t == "O" for t in tags) / max(len(tags), 1),
+                "majority_f1": 0.0}
+
+    def warnings(self, metrics: dict, baseline: dict, records: list[dict]) -> list[str]:
+        predicted = {t for r in records for t in r["prediction"]}
+        if predicted <= {"O"}:
+            return [f"tags every token O: no entity found in {len(records)} eval sentences (entity F1 0)"]
+        return ["entity F1 is 0: no predicted entity matches a gold one"] if metrics.get("f1") == 0 else []
 
     def loop_metrics(self, eval_pred) -> dict:
         gold, predicted = self.tag_sequences(eval_pred.predictions.argmax(-1), eval_pred.label_ids)
