@@ -51,14 +51,19 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
     return model
 
 
-def load_backbone(model_cfg, task, strategy):
-    """Tokenizer and model for a model config (the start of a training run), loaded the way
-    the strategy needs (its Auto class, quantization)."""
+def load_backbone_tokenizer(model_cfg):
+    """The tokenizer of a model config (loaded before the model, so data checks that need it
+    fail before the weights load)."""
     path = resolve_model_path(model_cfg.name_or_path)
-    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback)
-    model = load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
-                       **strategy.model_load_kwargs())
-    return model, tokenizer
+    return load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback)
+
+
+def load_backbone(model_cfg, task, strategy, tokenizer):
+    """The model of a model config (the start of a training run), loaded the way the strategy
+    needs (its Auto class, quantization)."""
+    path = resolve_model_path(model_cfg.name_or_path)
+    return load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
+                      **strategy.model_load_kwargs())
 
 
 def count_parameters(model) -> dict:

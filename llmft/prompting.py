@@ -53,6 +53,42 @@ def render(template: str, text: str, tokenizer) -> str:
     return template.replace("{text}", text).replace(MASK_SLOT, tokenizer.mask_token or "")
 
 
+def _length(prompt: str, tokenizer) -> int:
+    return len(tokenizer(prompt)["input_ids"])  # with special tokens, as the task tokenizes it
+
+
+def text_budget(template: str, tokenizer, max_length: int, what: str = "data.prompt.template") -> int:
+    """Tokens left for {text} in prompts of ``template`` (demonstrations included) within
+    ``max_length``; a template that leaves none is refused, naming both numbers."""
+    fixed = _length(render(template, "", tokenizer), tokenizer)
+    if fixed >= max_length:
+        raise UserError(f"{what} takes {fixed} tokens without the input, data.max_length={max_length}: nothing "
+                        f"is left for {{text}}; raise data.max_length (e.g. to {fixed + 64}) or shorten the prompt")
+    return max_length - fixed
+
+
+def fit(template: str, text: str, tokenizer, max_length: int) -> tuple[str, bool]:
+    """The prompt of ``text`` within ``max_length`` tokens: only the input is shortened (from its
+    end), so the template, the demonstrations, the answer cue and the mask stay whole (tokenizing
+    with truncation would cut the end: the cue a causal LM continues, or the mask). Returns the
+    prompt and whether the input was cut."""
+    prompt = render(template, text, tokenizer)
+    if _length(prompt, tokenizer) <= max_length:
+        return prompt, False
+    budget = text_budget(template, tokenizer, max_length)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    while budget > 0:
+        ids = encoding["input_ids"][:budget]
+        # the original characters up to the last kept token (fast tokenizers), else the decoded ids
+        head = text[: encoding["offset_mapping"][len(ids) - 1][1]] if tokenizer.is_fast else tokenizer.decode(ids)
+        prompt = render(template, head, tokenizer)
+        excess = _length(prompt, tokenizer) - max_length
+        if excess <= 0:
+            return prompt, True
+        budget -= excess  # tokens merged differently at the seams: cut that many more
+    return render(template, "", tokenizer), True
+
+
 def label_token_ids(verbalizer: dict, labels: list[str], tokenizer) -> list[list[int]]:
     """The first token of each verbalizer word, per label (words as they follow the prompt)."""
     ids = []
@@ -91,7 +127,10 @@ def prompt_classifier(lm, label_ids: list[list[int]], kind: str, mask_token_id: 
                 scores = out.logits[:, -1, :]
             else:
                 out = self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-                positions = (input_ids == mask_token_id).float().argmax(-1)
+                has_mask = input_ids == mask_token_id
+                if not bool(has_mask.any(-1).all()):  # argmax would silently score position 0
+                    raise UserError("a prompt has no mask token left to score; raise data.max_length")
+                positions = has_mask.float().argmax(-1)
                 scores = out.logits[torch.arange(len(input_ids)), positions]
             logprobs = scores.float().log_softmax(-1)
             logits = torch.stack([logprobs[:, ids].logsumexp(-1) for ids in self.label_ids], -1)
@@ -102,13 +141,15 @@ def prompt_classifier(lm, label_ids: list[list[int]], kind: str, mask_token_id: 
     return PromptClassifier()
 
 
-def calibrate(model, tokenizer, template: str, content_free: str) -> list[float]:
+def calibrate(model, tokenizer, template: str, content_free: str, max_length: int) -> list[float]:
     """Contextual calibration (Zhao et al., 2021): the label scores of a content-free input
-    become the offset every prediction is measured against (log p(label|x) - log p(label|N/A))."""
+    become the offset every prediction is measured against (log p(label|x) - log p(label|N/A)).
+    The content-free prompt is rendered and tokenized exactly as the scored ones are."""
     import torch
 
     model.calibration.zero_()
-    batch = tokenizer([render(template, content_free, tokenizer)], return_tensors="pt")
+    prompt, _ = fit(template, content_free, tokenizer, max_length)
+    batch = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=max_length)
     batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     with torch.no_grad():
         logits = model(**batch).logits[0]

@@ -1,7 +1,8 @@
 """The training recipe, top to bottom:
 
-    seed -> task -> strategy -> data -> model -> strategy.apply -> Trainer -> train -> save
-         -> evaluate on the held-out split -> predictions.jsonl, results.json (last)
+    seed -> task -> strategy -> data -> tokenizer -> strategy.prepare_data -> model
+         -> strategy.apply -> Trainer -> train -> save
+         -> evaluate on the held-out split (and validation) -> predictions.jsonl, results.json (last)
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from llmft.display import print_config, print_results
 from llmft.distributed import deepspeed_config, is_rank_zero, world_size
 from llmft.evaluate import memory_figures
 from llmft.errors import UserError
-from llmft.models import count_parameters, load_backbone, save_model
+from llmft.models import count_parameters, load_backbone, load_backbone_tokenizer, save_model
 from llmft.objective import from_config as objective_from_config
 from llmft.paths import resolve_model_path
 from llmft.run_dir import RunDir
@@ -50,8 +51,9 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
 
         cfg.model.name_or_path = str(init_from_teacher(teacher_dir(cfg.train.distill.teacher), task,
                                                        cfg.train.distill.student_layers, run.path / "student_init"))
-    model, tokenizer = load_backbone(cfg.model, task, strategy)
-    splits = strategy.prepare_data(splits, tokenizer)
+    tokenizer = load_backbone_tokenizer(cfg.model)
+    splits = strategy.prepare_data(splits, tokenizer)  # prompts that cannot fit fail here, before the model loads
+    model = load_backbone(cfg.model, task, strategy, tokenizer)
     model = strategy.apply(model)
     param_groups = strategy.param_groups(model)
     if cfg.model.crf:

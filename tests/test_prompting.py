@@ -178,3 +178,55 @@ def test_zero_shot_needs_classification(tmp_path, echo_lm, ner_data):
     proc = run_cli("train", "+strategy=zero_shot", "model=hf", f"model.name_or_path={echo_lm}", "data=conll_file",
                    f"data.train_file={ner_data['train']}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "data.task=classification" in proc.stderr
+
+
+def test_long_inputs_are_cut_inside_the_prompt_never_the_cue(tmp_path, echo_lm, cloze_data):
+    """An input 10x longer than max_length: the text is shortened and the template's end (the
+    answer cue the causal LM continues) survives; the echo model still reads the cue's last word."""
+    from transformers import AutoTokenizer
+
+    from llmft.prompting import fit
+
+    tokenizer = AutoTokenizer.from_pretrained(echo_lm)
+    template = "Review: {text} Overall it was great"
+    long_text = " ".join(["awful table"] * 200)
+    prompt, cut = fit(template, long_text, tokenizer, max_length=32)
+    ids = tokenizer(prompt)["input_ids"]
+    assert cut and len(ids) <= 32 and prompt.endswith(" Overall it was great")
+    assert tokenizer(prompt, truncation=True, max_length=32)["input_ids"] == ids  # the model sees all of it
+    assert tokenizer.decode(ids, skip_special_tokens=True).endswith("it was great")
+    assert prompt.startswith("Review: awful table")
+
+    # Through the CLI: every eval text is long; the cue after it decides (echo: "great" -> positive).
+    rows = [{"text": long_text, "label": "positive"}] * 6
+    train, evals = write_csv(tmp_path / "t.csv", rows), write_csv(tmp_path / "e.csv", rows)
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=zero_shot", "strategy.calibrate=false", "data.max_length=24",
+                   *prompt_args(echo_lm, (train, evals), run_dir), "data.prompt.template='{text} so great'",
+                   "data.labels=[negative,neutral,positive]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["eval"]["accuracy"] == 1.0
+    assert results["strategy_report"]["inputs_truncated"]["eval"] == 6
+    assert all(r["text"].endswith(" so great") for r in read_jsonl(run_dir / "predictions.jsonl"))
+
+
+def test_a_masked_lm_prompt_keeps_its_mask(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from llmft.prompting import fit
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    prompt, cut = fit("{text} it was {mask} .", " ".join(["great"] * 100), tokenizer, max_length=16)
+    ids = tokenizer(prompt)["input_ids"]
+    assert cut and len(ids) == 16 and ids[-3] == tokenizer.mask_token_id  # ... [MASK] . [SEP]
+    assert tokenizer(prompt, truncation=True, max_length=16)["input_ids"] == ids
+
+
+def test_demonstrations_that_cannot_fit_are_refused_before_the_model_loads(tmp_path, echo_lm, cloze_data):
+    proc = run_cli("train", "+strategy=few_shot", "strategy.k=2", "data.max_length=12",
+                   *prompt_args(echo_lm, cloze_data, tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("llmft: error:")][0]
+    assert "2 demonstration(s) per label" in line and "data.max_length=12" in line and "tokens" in line
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -31,7 +31,17 @@ class FewShot(ZeroShot):
             raise UserError("strategy.k must be >= 1 and strategy.seeds a non-empty list")
 
     def prepare_data(self, splits: dict, tokenizer) -> dict:
+        from llmft.paths import resolve_model_path
+        from llmft.prompting import text_budget
+
         self.raw = splits  # demonstrations come from the raw train split, per seed
+        self.tokenizer = tokenizer
+        if not hasattr(self, "kind"):
+            self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
+        for seed in self.cfg.seeds:  # every seed's demonstrations must fit, checked before the model loads
+            self.seed = seed
+            text_budget(self.template(), tokenizer, self.run_cfg.data.max_length,
+                        what=f"data.prompt.template with {self.cfg.k} demonstration(s) per label (seed {seed})")
         self.seed = self.cfg.seeds[0]
         return super().prepare_data(splits, tokenizer)
 
@@ -75,7 +85,7 @@ class FewShot(ZeroShot):
             rendered = self.render_splits({"eval": self.raw["eval"]}, self.tokenizer, meta)["eval"]
             if self.cfg.calibrate:
                 self.calibration = calibrate(trainer.model, self.tokenizer, self.template(),
-                                             self.cfg_prompt().content_free)
+                                             self.cfg_prompt().content_free, self.run_cfg.data.max_length)
             metrics, records = self.task.evaluate(trainer, self.task.tokenize(rendered, self.tokenizer), rendered)
             per_seed.append({"seed": seed, **{k: v for k, v in metrics.items() if isinstance(v, float)}})
             first_records = first_records or records

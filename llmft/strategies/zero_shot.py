@@ -6,9 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 from llmft.config import StrategyConfig
 from llmft.errors import UserError
 from llmft.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
 
 LM_CLASSES = {"causal": "AutoModelForCausalLM", "masked": "AutoModelForMaskedLM"}
 
@@ -43,11 +47,17 @@ class ZeroShot(Strategy):
         return LM_CLASSES[self.kind]
 
     def prepare_data(self, splits: dict, tokenizer) -> dict:
+        """Runs before the model loads: a prompt that cannot fit data.max_length fails here."""
+        from llmft.paths import resolve_model_path
         from llmft.prompting import check_prompt
 
+        if not hasattr(self, "kind"):
+            self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
         check_prompt(self.run_cfg.data.prompt, self.task.labels, self.kind)
         self.tokenizer = tokenizer
-        return self.render_splits(splits, tokenizer, self.prompt_meta())
+        rendered = self.render_splits(splits, tokenizer, self.prompt_meta())
+        self.truncated = self.last_truncated
+        return rendered
 
     def apply(self, model):
         model.requires_grad_(False)
@@ -65,10 +75,12 @@ class ZeroShot(Strategy):
 
         self.calibration = None
         if self.cfg.calibrate:
-            self.calibration = calibrate(trainer.model, self.tokenizer, self.template(), self.cfg_prompt().content_free)
+            self.calibration = calibrate(trainer.model, self.tokenizer, self.template(), self.cfg_prompt().content_free,
+                                         self.run_cfg.data.max_length)
 
     def report(self) -> dict:
-        return {"calibration_offsets": self.calibration} if self.calibration else {}
+        out = {"inputs_truncated": self.truncated}  # inputs shortened so the prompt fits data.max_length
+        return {**out, "calibration_offsets": self.calibration} if self.calibration else out
 
     # ------------------------------------------------------------ prompts
     def cfg_prompt(self):
@@ -81,17 +93,36 @@ class ZeroShot(Strategy):
         from omegaconf import OmegaConf
 
         return {"prompt": OmegaConf.to_container(self.cfg_prompt()), "lm_kind": self.kind,
-                "template": self.template(), "text_column": self.run_cfg.data.text_column}
+                "template": self.template(), "text_column": self.run_cfg.data.text_column,
+                "max_length": self.run_cfg.data.max_length}
 
-    @staticmethod
-    def render_splits(splits: dict, tokenizer, meta: dict) -> dict:
-        from llmft.prompting import render
+    last_truncated: dict = {}
+
+    @classmethod
+    def render_splits(cls, splits: dict, tokenizer, meta: dict) -> dict:
+        """Each split's inputs rendered into prompts that fit max_length (only {text} is cut;
+        llmft.prompting.fit); how many were cut per split goes to ``last_truncated``."""
+        from llmft.prompting import fit, text_budget
 
         if meta["lm_kind"] == "causal":
             tokenizer.padding_side = "left"  # the scored position is the last one
-        column = meta["text_column"]
-        return {name: ds.map(lambda row: {column: render(meta["template"], row[column], tokenizer)}, desc="prompts")
-                for name, ds in splits.items()}
+        column, template, max_length = meta["text_column"], meta["template"], meta.get("max_length", 512)
+        text_budget(template, tokenizer, max_length)  # a template that leaves no room: one line, now
+        out, cut = {}, {}
+
+        def one(row):
+            prompt, was_cut = fit(template, row[column], tokenizer, max_length)
+            return {column: prompt, "_cut": was_cut}
+
+        for name, ds in splits.items():
+            ds = ds.map(one, desc="prompts")
+            cut[name] = sum(ds["_cut"])
+            out[name] = ds.remove_columns("_cut")
+        if any(cut.values()):
+            log.warning("inputs shortened to fit data.max_length=%d with the prompt: %s", max_length,
+                        ", ".join(f"{k} {v}" for k, v in cut.items()))
+        cls.last_truncated = cut
+        return out
 
     # ------------------------------------------------------------ saving
     def metadata(self) -> dict:
