@@ -133,6 +133,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             "primary_metric": task.primary_metric,
             "num_train_examples": len(splits["train"]),
             "aux": aux_report,
+            "data_report": task.data_report(),
             "num_eval_examples": len(eval_set),
             "eval": metrics,  # the held-out test split: the numbers to report
             "num_validation_examples": len(splits["validation"]) if validation is not None else 0,

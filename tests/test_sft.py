@@ -33,6 +33,28 @@ def test_loss_covers_the_response_only(tiny_chat_llama):
     assert tokenizer.decode(answer).startswith("positive") and tokenizer.eos_token_id in answer  # learns to stop
 
 
+def test_rows_without_a_target_token_are_dropped_and_counted(tiny_chat_llama):
+    """A prompt that fills max_length leaves no response token: such rows are never trained on."""
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from llmft.config import DataConfig
+    from llmft.errors import UserError
+    from llmft.tasks.sft import SFT
+
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "x", "task": "sft", "max_length": 40})
+    task = SFT(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_llama)
+    rows = [{"prompt": "great day", "response": "positive"}, {"prompt": "word " * 80, "response": "negative"}]
+    raw = task.encode(Dataset.from_list(rows), "x.jsonl", True)
+    kept = task.tokenize(raw, tokenizer)
+    assert len(kept) == 1 and any(t != -100 for t in kept[0]["labels"])
+    assert task.data_report() == {"dropped_no_target_tokens": 1}
+    with pytest.raises(UserError, match="data.max_length=40"):
+        task.tokenize(task.encode(Dataset.from_list(rows[1:]), "x.jsonl", True), tokenizer)
+
+
 @pytest.mark.parametrize("layout, strategy", [("pairs", "full"), ("chats", "lora")])
 def test_sft_run(tmp_path, tiny_chat_llama, sft_data, layout, strategy):
     run_dir = tmp_path / "run"

@@ -83,6 +83,10 @@ class Task:
     def baseline(self, train, eval_split) -> dict:
         return {}
 
+    def data_report(self) -> dict:
+        """What tokenizing changed in the data (e.g. rows dropped), for results.json."""
+        return {}
+
     def warnings(self, metrics: dict, baseline: dict, records: list[dict]) -> list[str]:
         """Signs that a run learned nothing useful (one class for everything, no better than the
         baseline): results.json lists them under "warnings" and the report marks the run."""

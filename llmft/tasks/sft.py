@@ -8,12 +8,14 @@ end-of-turn token), scored with ROUGE-L (rouge_score) and exact match.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 from llmft.errors import UserError
 from llmft.generation import generate, generation_metrics
 from llmft.tasks.base import Task
 
+log = logging.getLogger(__name__)
 IGNORE = -100
 CHAT = "chat"  # normalised column: the whole conversation
 
@@ -80,7 +82,23 @@ class SFT(Task):
                 out["labels"].append(labels)
             return out
 
-        return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenize")
+        encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenize")
+        # A prompt that fills max_length leaves no response token: nothing to learn, and a batch of
+        # only such rows divides the loss by zero. Dropped and counted (results.json "data_report").
+        kept = encoded.filter(lambda row: any(t != IGNORE for t in row["labels"]), desc="drop rows without a target")
+        dropped = len(encoded) - len(kept)
+        if dropped:
+            self.dropped_no_target = getattr(self, "dropped_no_target", 0) + dropped
+            log.warning("sft: %d of %d examples have no response token within data.max_length=%d; dropped",
+                        dropped, len(encoded), max_length)
+        if len(encoded) and not len(kept):
+            raise UserError(f"data.max_length={max_length}: every example's prompt fills it, so no response token "
+                            f"is left to train or evaluate on; raise data.max_length")
+        return kept
+
+    def data_report(self) -> dict:
+        dropped = getattr(self, "dropped_no_target", 0)
+        return {"dropped_no_target_tokens": dropped} if dropped else {}
 
     def collator(self, tokenizer):
         from transformers import DataCollatorForSeq2Seq
