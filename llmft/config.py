@@ -360,6 +360,11 @@ def validate(cfg) -> None:
         _validate_techniques(cfg)
         if cfg.data.aux:
             _validate_aux(cfg)
+    if "model" in cfg:
+        _validate_model(cfg)
+    if "generate" in cfg:
+        _validate_generate(cfg.generate)
+    _validate_commands(cfg)
     if "model" in cfg and cfg.model.crf:
         _require(cfg.data.task == "ner", "model.crf", f"is for data.task=ner (got {cfg.data.task}); drop model.crf=true")
         _require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
@@ -384,6 +389,18 @@ def _validate_techniques(cfg) -> None:
                  "needs whole parameters; under ZeRO-3 they are sharded: use hardware.zero_stage<=2")
     if r.eval_file:
         _require(Path(r.eval_file).is_file(), "train.retention.eval_file", f"file not found: {r.eval_file}")
+        _require(task == "sft", "train.retention.eval_file",
+                 f"perplexity needs the model's own LM head, which data.task=sft trains; a {task} model "
+                 f"replaces it with a task head (drop the key)")
+    if any(hasattr(a, "get") and a.get("kind", "lm") == "classification" for a in cfg.data.aux):
+        for key, on in (("train.class_weights", t.class_weights not in (None, "none")), ("train.loss", t.loss != "ce"),
+                        ("train.distill.teacher", bool(d.teacher)), ("data.sampler", cfg.data.sampler != "random")):
+            _require(not on, key, "does not combine with data.aux of kind classification (the aux rows have "
+                                   "their own labels and head; it would score them as main-task labels)")
+    if cfg.model.crf:
+        _require(not d.teacher, "train.distill.teacher",
+                 "does not combine with model.crf=true (distillation replaces the CRF's loss, so the transitions "
+                 "would not train)")
     imbalance = t.loss != "ce" or t.class_weights not in (None, "none")
     if imbalance:
         _require(task in ("classification", "ner"), "train.loss" if t.loss != "ce" else "train.class_weights",
@@ -454,6 +471,67 @@ def _validate_aux(cfg) -> None:
         raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
 
 
+def _validate_model(cfg) -> None:
+    """A local model folder (read without torch): it is a model, and data.max_length fits its positions."""
+    import json
+
+    spec = cfg.model.name_or_path
+    if spec.startswith("gguf:"):
+        return
+    from llmft.paths import PKG_PREFIX, resolve_path
+
+    path = resolve_path(spec, key="model.name_or_path") if spec.startswith(PKG_PREFIX) else Path(spec).expanduser()
+    if not path.is_dir():
+        return  # a hub id, or a missing folder (models.resolve_model_path says so)
+    config_file = path / "config.json"
+    _require(config_file.is_file(), "model.name_or_path",
+             f"{path} is a folder but not a model (no config.json); point it at a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"model.name_or_path: {config_file} is not valid JSON ({err})") from None
+    if any(k in config for k in ("rope_theta", "rope_parameters", "rope_scaling")):
+        return  # rotary positions: no table to run past
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # their position ids start after the padding index
+    if isinstance(limit, int) and "data" in cfg:
+        _require(cfg.data.max_length <= limit, "data.max_length",
+                 f"{cfg.data.max_length} is past the model's {limit} positions (max_position_embeddings in "
+                 f"{config_file}); use data.max_length<={limit}")
+
+
+def _validate_generate(g) -> None:
+    for key in ("max_new_tokens", "num_beams", "batch_size"):
+        _require(g[key] >= 1, f"generate.{key}", f"must be >= 1 (got {g[key]})")
+    _require(g.max_examples is None or g.max_examples >= 1, "generate.max_examples", "must be >= 1 or null (all)")
+    _require(g.temperature > 0, "generate.temperature", f"must be > 0 (got {g.temperature})")
+    _require(0 < g.top_p <= 1, "generate.top_p", f"must be in (0, 1] (got {g.top_p})")
+    _require(g.top_k >= 0, "generate.top_k", f"must be >= 0 (got {g.top_k})")
+    _require(g.repetition_penalty > 0, "generate.repetition_penalty", f"must be > 0 (got {g.repetition_penalty})")
+
+
+def _validate_commands(cfg) -> None:
+    """The knobs of export, predict and bench-infer."""
+    if "check_examples" in cfg:  # export
+        _require(cfg.check_examples >= 1, "check_examples", "must be >= 1 (the export is checked on them)")
+        _require(cfg.tolerance is None or cfg.tolerance > 0, "tolerance", "must be > 0 or null (the format's own)")
+        if cfg.output_dir:
+            _require(not Path(cfg.output_dir).is_file(), "output_dir", f"{cfg.output_dir} is a file, not a folder")
+    if "predict" in cfg and "input_file" in cfg.predict:
+        from llmft.paths import resolve_path
+
+        _require(resolve_path(cfg.predict.input_file, "predict.input_file").is_file(), "predict.input_file",
+                 f"file not found: {cfg.predict.input_file}")
+        out = cfg.predict.output_file
+        _require(not out or not Path(out).is_dir(), "predict.output_file", f"{out} is a folder; name a file in it")
+    if "variants" in cfg:  # bench-infer
+        for variant in cfg.variants:
+            require_one_of("variants", variant, ("fp32", "bf16", "fp16", "int8"))
+        for key in ("latency_examples", "throughput_examples"):
+            _require(cfg[key] >= 1, key, f"must be >= 1 (got {cfg[key]})")
+
+
 def _validate_hardware(cfg) -> None:
     hw = cfg.hardware
     _require(hw.zero_stage in (0, 1, 2, 3), "hardware.zero_stage", f"must be 0 (no DeepSpeed), 1, 2 or 3 (got {hw.zero_stage})")
@@ -508,6 +586,18 @@ def _validate_data(d) -> None:
         _require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null (got {value})")
     for key in ("validation_fraction", "eval_fraction"):
         _require(0 <= d[key] < 1, f"data.{key}", f"must be in [0, 1) (got {d[key]})")
+    _require(d.validation_fraction + d.eval_fraction < 1, "data.validation_fraction",
+             f"+ data.eval_fraction must leave rows to train on (got {d.validation_fraction} + {d.eval_fraction})")
+    if d.labels is not None:
+        labels = [str(x) for x in d.labels]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        _require(not repeated, "data.labels", f"lists {repeated} more than once")
+        _require(len(labels) >= 2 or d.task != "classification", "data.labels",
+                 f"a classifier needs at least 2 labels (got {labels})")
+    if d.task == "qa":
+        _require(0 < d.doc_stride < d.max_length, "data.doc_stride",
+                 f"must be > 0 and below data.max_length={d.max_length} (got {d.doc_stride}): windows overlap by it")
+        _require(d.max_answer_length >= 1, "data.max_answer_length", "must be >= 1")
     if d.source == "hub":
         _require(bool(d.hub_name), "data.hub_name", "is required when data.source=hub")
     else:

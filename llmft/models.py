@@ -46,6 +46,12 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
         model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
     except OSError as err:
         raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        kind = (auto_class or task.auto_model).removeprefix("AutoModelFor")
+        raise UserError(f"model.name_or_path={path}: this architecture has no {kind} head, which data.task="
+                        f"{task.name} needs; pick a model that has one") from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # e.g. Llama heads find the last token by it
     return model

@@ -128,14 +128,15 @@ def l2sp_penalty(model, anchor: dict) -> torch.Tensor:
     return sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
 
 
-def l2sp_anchor(model, exclude_parts=("head",)) -> dict:
+def l2sp_anchor(model, exclude_parts=("head",), frozen_too: bool = False) -> dict:
     """theta_0: a copy of every trainable parameter the pretrained model had (not the new head),
-    on the parameter's own device."""
+    on the parameter's own device. ``frozen_too``: also the frozen ones, for strategies that
+    unfreeze them during training (gradual_unfreeze); a frozen one adds 0 until it moves."""
     from llmft.anatomy import parts
 
     by_name = dict(model.named_parameters())
     return {n: by_name[n].detach().clone() for n, part in parts(model).items()
-            if by_name[n].requires_grad and part.kind not in exclude_parts}
+            if (frozen_too or by_name[n].requires_grad) and part.kind not in exclude_parts}
 
 
 def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
@@ -166,7 +167,10 @@ def from_config(cfg, task, model, train_set, tokenizer):
                 raise UserError(f"train.class_weights has {len(weights)} weights but the task has {n} labels "
                                 f"{list(task.labels)}")
     teacher = load_teacher(t.distill.teacher, task, tokenizer) if t.distill.teacher else None
-    anchor = l2sp_anchor(model) if t.retention.l2sp > 0 else {}
+    from llmft.strategies import strategy_class
+
+    later = strategy_class(cfg.strategy.name).unfreezes_later  # anchor what will train, not only what trains now
+    anchor = l2sp_anchor(model, frozen_too=later) if t.retention.l2sp > 0 else {}
     if t.retention.l2sp > 0 and not anchor:
         raise UserError("train.retention.l2sp: no trainable pretrained weights to anchor (this strategy trains "
                         "only new parameters); use train.weight_decay")

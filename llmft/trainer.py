@@ -190,12 +190,21 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     class GroupLearningRates(TrainerCallback):
         """Logs the applied learning rate of every named optimizer group as lr/<name>."""
 
-        def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
-            if logs is not None and optimizer is not None and "loss" in logs:
-                for group in optimizer.param_groups:
-                    logs.setdefault(f"lr/{group['name']}", group["lr"])
+        applied: dict = {}
 
-    extra = [GroupLearningRates()] if param_groups is not None else []
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            # the rates this step used (the scheduler moves them before on_log runs)
+            if optimizer is not None:
+                self.applied = {}
+                for group in optimizer.param_groups:  # the Trainer's own groups (decay / no decay): "all"
+                    self.applied.setdefault(f"lr/{group.get('name', 'all')}", group["lr"])
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is not None and "loss" in logs:
+                for name, lr in self.applied.items():
+                    logs.setdefault(name, lr)
+
+    extra = [GroupLearningRates()]  # every strategy: lr/<group> at every logged step
     trainer = LlmftTrainer(
         model=model,
         args=args,
@@ -233,7 +242,7 @@ def torch_scheduler(t, optimizer, total_steps: int):
     peaks = [g["lr"] for g in optimizer.param_groups]
     if t.lr_scheduler == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(total_steps, 2),
-                                                   pct_start=t.warmup_ratio or 0.3, cycle_momentum=False)
+                                                   pct_start=float(t.warmup_ratio), cycle_momentum=False)
     c = t.cyclic
     top = c.max_lr or t.lr
     bottom = c.base_lr if c.base_lr is not None else top / 10

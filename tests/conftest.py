@@ -70,7 +70,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     # transformers 5 ignores vocab_file= (every word would be [UNK]); vocab= takes the file
     BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=64)
+                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=128)
     BertModel(config).save_pretrained(path)
     return path
 

@@ -87,6 +87,20 @@ def test_l2sp_holds_weights_and_zero_is_a_plain_run(tmp_path, tiny_bert, tiny_da
     assert 0 < runs["plain"]["retention"]["cka_last_hidden"] <= 1
 
 
+def test_l2sp_anchors_the_blocks_gradual_unfreezing_opens_later(tmp_path, tiny_bert, tiny_data):
+    """Blocks unfrozen mid-run are held to their pretrained values too (they used to be left out)."""
+    drift = {}
+    for name, extra in (("plain", []), ("l2sp", ["train.retention.l2sp=1000"])):
+        run_dir = tmp_path / name
+        proc = run_cli("train", "+strategy=gradual_unfreeze", "strategy.unfreeze_every=2",
+                       *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.lr=1e-2", *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        drift[name] = read_results(run_dir)["retention"]["drift"]["per_layer"]
+    lowest = next(k for k in drift["plain"] if "block.0" in k or "layer.0" in k)  # frozen at step 0
+    assert drift["plain"][lowest] > 0  # it did unfreeze and move
+    assert drift["l2sp"][lowest] < 0.3 * drift["plain"][lowest]
+
+
 @pytest.fixture(scope="module")
 def skewed(tmp_path_factory):
     """Negative dominates the train file (100 : 8 : 8); the eval file is balanced."""
@@ -119,6 +133,9 @@ def test_balanced_class_weights_raise_minority_recall(tmp_path, tiny_bert, skewe
     (["train.lr_scheduler=cosine_with_restarts", "train.num_cycles=2", "train.warmup_ratio=0"],
      lambda s: 0.01 * 0.5 * (1 + math.cos(math.pi * ((2 * s / 24) % 1.0)))),
     (["train.lr_scheduler=linear", "train.warmup_ratio=0"], lambda s: 0.01 * (24 - s) / 24),
+    # one_cycle without warm-up anneals from the top at once (it used to warm up 30 % when told 0)
+    (["train.lr_scheduler=one_cycle", "train.warmup_ratio=0"],
+     lambda s: 0.01 / 25 / 1e4 + (0.01 - 0.01 / 25 / 1e4) * (1 + math.cos(math.pi * (s + 1) / 24)) / 2),
 ])
 def test_logged_lr_follows_the_schedule(tmp_path, tiny_bert, tiny_data, extra, expected):
     run_dir = tmp_path / "run"
@@ -127,6 +144,8 @@ def test_logged_lr_follows_the_schedule(tmp_path, tiny_bert, tiny_data, extra, e
     assert proc.returncode == 0, proc.stderr[-3000:]
     logged = {r["step"]: r["learning_rate"] for r in metrics_lines(run_dir) if "learning_rate" in r}
     assert len(logged) >= 20
+    # every strategy logs its optimizer groups' lr (full: one group, "all")
+    assert all(r["lr/all"] == r["learning_rate"] for r in metrics_lines(run_dir) if "learning_rate" in r)
     for step, lr in logged.items():  # the lr logged at step s is the one step s used: schedule(s - 1)
         assert lr == pytest.approx(expected(step - 1), abs=1e-9), step
 

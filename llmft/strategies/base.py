@@ -27,6 +27,7 @@ class Strategy:
     trains: ClassVar[bool] = True  # False: evaluate the model as it is (prompting)
     zero_stages: ClassVar[int] = 3  # the highest DeepSpeed ZeRO stage it runs under
     zero_note: ClassVar[str] = ""  # why not higher
+    unfreezes_later: ClassVar[bool] = False  # True: frozen parameters start training mid-run (L2-SP anchors them)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -147,9 +148,19 @@ class PeftStrategy(Strategy):
         try:
             return get_peft_model(model, self.peft_config())
         except ValueError as err:
-            if "target_modules" in str(err) or "feedforward_modules" in str(err):
-                raise UserError(
-                    f"strategy.target_modules: PEFT has no default for model type "
-                    f"'{model.config.model_type}'; set e.g. strategy.target_modules=[q_proj,v_proj]"
-                ) from None
-            raise
+            raise peft_target_error(err, model) from None
+
+
+def peft_target_error(err: ValueError, model) -> Exception:
+    """PEFT's errors about target modules as one line naming the key and the model's module names."""
+    text = str(err)
+    if "not found in the base model" in text or "were not found" in text:
+        import torch.nn as nn
+
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        return UserError(f"strategy.target_modules: {text.splitlines()[0][:160]}; this model's linear layers "
+                         f"are named: {', '.join(names)}")
+    if "target_modules" in text or "feedforward_modules" in text:
+        return UserError(f"strategy.target_modules: PEFT has no default for model type "
+                         f"'{model.config.model_type}'; set e.g. strategy.target_modules=[q_proj,v_proj]")
+    return err

@@ -28,6 +28,7 @@ class GradualUnfreeze(Strategy):
     config = GradualUnfreezeStrategyConfig
     zero_stages = 0
     zero_note = "it changes which parameters train mid-run; DeepSpeed fixes them at the start"
+    unfreezes_later = True
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from llmft.errors import UserError, require_one_of
+from llmft.strategies.base import peft_target_error
 from llmft.strategies.lora import target_modules
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
@@ -57,10 +58,7 @@ class PET(ZeroShot):
         try:
             return self.classifier(get_peft_model(model, lora))
         except ValueError as err:
-            if "target_modules" not in str(err):
-                raise
-            raise UserError(f"strategy.target_modules: PEFT has no default for model type "
-                            f"'{model.config.model_type}'; set e.g. strategy.target_modules=[q_proj,v_proj]") from None
+            raise peft_target_error(err, model) from None
 
     def save(self, trainer, model_dir: Path) -> None:
         if trainer.is_world_process_zero():

@@ -41,9 +41,15 @@ class Classification(Task):
         for column in (d.text_column, d.text_pair_column):
             if column:
                 texts = dataset[column]
-                bad = next((i for i, t in enumerate(texts) if t is None), None)
+                bad = next((i for i, t in enumerate(texts) if t is None or (isinstance(t, str) and not t.strip())), None)
                 if bad is not None:
                     raise UserError(f"{source}: row {bad + 1}: column '{column}' is empty")
+                bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+                if bad is not None:
+                    raise UserError(f"{source}: row {bad + 1}: column '{column}' holds {type(texts[bad]).__name__} "
+                                    f"{texts[bad]!r}, not text (data.{'text_column' if column == d.text_column else 'text_pair_column'})")
+        if is_train and len(set(values)) < 2:
+            raise UserError(f"{source}: every row has the label {values[0]!r}: a classifier needs at least 2 classes")
 
         from datasets import ClassLabel
 

@@ -35,6 +35,10 @@ class NER(Task):
             dataset = dataset.remove_columns(d.tags_column).add_column(d.tags_column, named)
         tags = dataset[d.tags_column]
         for row, (tokens, row_tags) in enumerate(zip(dataset[d.tokens_column], tags)):
+            for column, value in ((d.tokens_column, tokens), (d.tags_column, row_tags)):
+                if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+                    raise UserError(f"{source}: sentence {row + 1}: '{column}' must be a non-empty list of strings "
+                                    f"(got {str(value)[:60]!r})")
             if len(tokens) != len(row_tags):
                 raise UserError(f"{source}: sentence {row + 1}: {len(tokens)} tokens but {len(row_tags)} tags")
             for tag in row_tags:
@@ -43,6 +47,8 @@ class NER(Task):
             if not is_train:
                 raise UserError("data.labels: cannot infer the tag set without a train split")
             found = {t for row_tags in tags for t in row_tags}
+            if not found - {"O"}:
+                raise UserError(f"{source}: every tag is O: no entity to learn from")
             self.labels = ["O", *sorted(found - {"O"})]
         index = {tag: i for i, tag in enumerate(self.labels)}
         for row, row_tags in enumerate(tags):
