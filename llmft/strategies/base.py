@@ -154,11 +154,11 @@ class PeftStrategy(Strategy):
 def peft_target_error(err: ValueError, model) -> Exception:
     """PEFT's errors about target modules as one line naming the key and the model's module names."""
     text = str(err)
-    if "not found in the base model" in text or "were not found" in text:
+    if "not found in the base model" in text or "were not found" in text or "No modules were targeted" in text:
         import torch.nn as nn
 
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        return UserError(f"strategy.target_modules: {text.splitlines()[0][:160]}; this model's linear layers "
+        return UserError(f"strategy.target_modules: no module of this model matches; its linear layers "
                          f"are named: {', '.join(names)}")
     if "target_modules" in text or "feedforward_modules" in text:
         return UserError(f"strategy.target_modules: PEFT has no default for model type "
