@@ -84,6 +84,8 @@ class DataConfig:
     # {kind: lm|classification, train_file: PATH, weight: 0.2, name, text_column, label_column, labels}
     aux: List[Any] = field(default_factory=list)
     max_length: int = 128
+    # train.epochs unless set (train.yaml reads ${data.epochs}): a small data set needs more passes
+    epochs: float = 1.0
     prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
 
 

@@ -26,11 +26,18 @@ def test_default_experiment_learns_on_real_data(tmp_path):
     assert len(read_jsonl(run_dir / "predictions.jsonl")) == 400
 
 
-def test_lora_preset_on_real_model_saves_an_adapter(tmp_path):
+def test_the_cards_lora_command_learns_at_its_own_defaults(tmp_path):
+    """`llmft train +strategy=lora` with nothing else about the method: LoRA's own lr applies and
+    the model beats the majority class (at full fine-tuning's 5e-5 it stayed at it)."""
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "experiment=tweets_lora", "train.max_steps=10", "data.max_eval_samples=100",
+    proc = run_cli("train", "+strategy=lora", "train.max_steps=40", "data.max_eval_samples=400",
                    "print_config=false", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
     assert results["strategy"] == "lora" and results["params"]["trainable_pct"] < 2
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert [m["learning_rate"] for m in read_jsonl(run_dir / "metrics.jsonl") if "learning_rate" in m][0] <= 2e-3
+    assert max(m["learning_rate"] for m in read_jsonl(run_dir / "metrics.jsonl") if "learning_rate" in m) > 1e-3
+    baseline = results["baseline"]["majority_accuracy"]
+    assert results["eval"]["accuracy"] > baseline + 0.05, results["eval"]
+    assert results["warnings"] == [] and results["validation"]["accuracy"] > baseline
