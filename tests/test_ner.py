@@ -25,6 +25,24 @@ def test_entity_metrics_match_a_hand_computed_example():
     assert m["per_type"]["LOC"]["recall"] == 0.5 and m["per_type"]["PER"]["precision"] == 0.5
 
 
+def test_a_tagger_that_finds_no_entity_is_flagged():
+    """Token accuracy 0.94 and F1 0: the all-O tagger must not pass for a result."""
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+
+    from llmft.config import DataConfig
+    from llmft.tasks.ner import NER
+
+    task = NER(OmegaConf.structured(DataConfig(name="x", task="ner")), labels=["O", "B-PER", "I-PER"])
+    split = Dataset.from_dict({"tag_ids": [[0, 0, 1, 2], [0, 0, 0, 0]]})
+    baseline = task.baseline(split, split)
+    assert baseline["majority_token_accuracy"] == pytest.approx(6 / 8) and baseline["majority_f1"] == 0.0
+    all_o = [{"prediction": ["O"] * 4}, {"prediction": ["O"] * 4}]
+    assert "no entity found" in task.warnings({"f1": 0.0}, baseline, all_o)[0]
+    found = [{"prediction": ["O", "O", "B-PER", "I-PER"]}, {"prediction": ["O"] * 4}]
+    assert task.warnings({"f1": 1.0}, baseline, found) == []
+
+
 def test_first_subword_alignment():
     from llmft.tasks.ner import IGNORE, first_subword_labels
 

@@ -43,7 +43,9 @@ class FewShot(ZeroShot):
             text_budget(self.template(), tokenizer, self.run_cfg.data.max_length,
                         what=f"data.prompt.template with {self.cfg.k} demonstration(s) per label (seed {seed})")
         self.seed = self.cfg.seeds[0]
-        return super().prepare_data(splits, tokenizer)
+        rendered = super().prepare_data(splits, tokenizer)
+        self.raw_of = {id(rendered[name]): splits[name] for name in rendered}  # each seed renders the raw rows anew
+        return rendered
 
     def template(self) -> str:
         return self.demonstrations(self.seed) + self.cfg.separator + self.cfg_prompt().template
@@ -82,7 +84,8 @@ class FewShot(ZeroShot):
         for seed in self.cfg.seeds:
             self.seed = seed
             meta = self.prompt_meta()
-            rendered = self.render_splits({"eval": self.raw["eval"]}, self.tokenizer, meta)["eval"]
+            raw = self.raw_of.get(id(raw_eval), self.raw["eval"])  # the split asked for (eval or validation)
+            rendered = self.render_splits({"eval": raw}, self.tokenizer, meta)["eval"]
             if self.cfg.calibrate:
                 self.calibration = calibrate(trainer.model, self.tokenizer, self.template(),
                                              self.cfg_prompt().content_free, self.run_cfg.data.max_length)
