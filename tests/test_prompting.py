@@ -198,12 +198,10 @@ def test_long_inputs_are_cut_inside_the_prompt_never_the_cue(tmp_path, echo_lm, 
     assert prompt.startswith("Review: awful table")
 
     # Through the CLI: every eval text is long; the cue after it decides (echo: "great" -> positive).
-    rows = [{"text": long_text, "label": "positive"}] * 6
-    train, evals = write_csv(tmp_path / "t.csv", rows), write_csv(tmp_path / "e.csv", rows)
+    evals = write_csv(tmp_path / "e.csv", [{"text": long_text, "label": "positive"}] * 6)
     run_dir = tmp_path / "run"
     proc = run_cli("train", "+strategy=zero_shot", "strategy.calibrate=false", "data.max_length=24",
-                   *prompt_args(echo_lm, (train, evals), run_dir), "data.prompt.template='{text} so great'",
-                   "data.labels=[negative,neutral,positive]")
+                   *prompt_args(echo_lm, (cloze_data[0], evals), run_dir), "data.prompt.template='{text} so great'")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
     assert results["eval"]["accuracy"] == 1.0
