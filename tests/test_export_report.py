@@ -73,7 +73,8 @@ def test_report_on_a_sweep_with_a_failed_run(tmp_path, tiny_data, tiny_bert):
         predictions = read_jsonl(sweep / row[0] / "predictions.jsonl")
         accuracy = sum(p["label"] == p["prediction"] for p in predictions) / len(predictions)
         majority = max(sum(p["label"] == label for p in predictions) for label in ("negative", "neutral", "positive"))
-        useless = len({p["prediction"] for p in predictions}) == 1 or accuracy <= majority / len(predictions)
+        top = max(sum(p["prediction"] == label for p in predictions) for label in ("negative", "neutral", "positive"))
+        useless = top >= 0.95 * len(predictions) or accuracy <= majority / len(predictions)
         assert bool(cell["warnings"]) == useless, (row, accuracy)
         assert float(cell["test"]) == pytest.approx(accuracy, abs=1e-4)
     assert (sweep / "report.png").stat().st_size > 10_000

@@ -115,8 +115,12 @@ class Classification(Task):
     def warnings(self, metrics: dict, baseline: dict, records: list[dict]) -> list[str]:
         out = []
         predicted = Counter(r["prediction"] for r in records)
-        if len(predicted) == 1 and len(records) > 1:
-            out.append(f"predicts '{next(iter(predicted))}' for all {len(records)} eval examples")
+        label, count = predicted.most_common(1)[0] if predicted else (None, 0)
+        gold_share = sum(r.get("label") == label for r in records) / max(len(records), 1)
+        if len(records) > 1 and count == len(records):
+            out.append(f"predicts '{label}' for all {len(records)} eval examples")
+        elif len(records) >= 20 and count >= 0.95 * len(records) > gold_share * len(records):
+            out.append(f"predicts '{label}' for {count} of {len(records)} eval examples (gold: {gold_share:.0%})")
         accuracy, majority = metrics.get("accuracy"), baseline.get("majority_accuracy")
         if accuracy is not None and majority is not None and accuracy <= majority:
             out.append(f"accuracy {accuracy:.4f} is no better than the majority-class baseline {majority:.4f}")
