@@ -55,9 +55,8 @@ class ZeroShot(Strategy):
             self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
         check_prompt(self.run_cfg.data.prompt, self.task.labels, self.kind)
         self.tokenizer = tokenizer
-        rendered = self.render_splits(splits, tokenizer, self.prompt_meta())
-        self.truncated = self.last_truncated
-        return rendered
+        self.truncated = {}
+        return self.render_splits(splits, tokenizer, self.prompt_meta(), counts=self.truncated)
 
     def apply(self, model):
         model.requires_grad_(False)
@@ -96,12 +95,10 @@ class ZeroShot(Strategy):
                 "template": self.template(), "text_column": self.run_cfg.data.text_column,
                 "max_length": self.run_cfg.data.max_length}
 
-    last_truncated: dict = {}
-
     @classmethod
-    def render_splits(cls, splits: dict, tokenizer, meta: dict) -> dict:
+    def render_splits(cls, splits: dict, tokenizer, meta: dict, counts: dict | None = None) -> dict:
         """Each split's inputs rendered into prompts that fit max_length (only {text} is cut;
-        llmft.prompting.fit); how many were cut per split goes to ``last_truncated``."""
+        llmft.prompting.fit); how many were cut per split goes into ``counts``."""
         from llmft.prompting import fit, text_budget
 
         if meta["lm_kind"] == "causal":
@@ -121,7 +118,8 @@ class ZeroShot(Strategy):
         if any(cut.values()):
             log.warning("inputs shortened to fit data.max_length=%d with the prompt: %s", max_length,
                         ", ".join(f"{k} {v}" for k, v in cut.items()))
-        cls.last_truncated = cut
+        if counts is not None:
+            counts.update(cut)
         return out
 
     # ------------------------------------------------------------ saving
