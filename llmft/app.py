@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from llmft.errors import EXIT_USER_ERROR, UserError
+from llmft.run_lock import check_unlocked, is_lock_holder, run_lock
 
 MODULES = {"train": "llmft.train", "eval": "llmft.evaluate", "predict": "llmft.predict", "export": "llmft.export",
            "bench-infer": "llmft.bench_infer", "distill": "llmft.train"}  # each has main(cfg, run_path)
@@ -44,10 +45,14 @@ def fail(err: UserError) -> None:
 def run(command: str, args: list[str]) -> int:
     from llmft.config import register_configs
 
+    if "LOCAL_RANK" in os.environ:  # a rank: it dies with the llmft that spawned it
+        from llmft.distributed import die_with_spawner
+
+        die_with_spawner()
     register_configs()
     if not any(a in _INFO_FLAGS for a in args):
         try:
-            preflight(command, overrides_of(args))
+            preflight(command, overrides_of(args), sweep="-m" in args or "--multirun" in args)
         except UserError as err:
             fail(err)
 
@@ -57,6 +62,8 @@ def run(command: str, args: list[str]) -> int:
     def entry(cfg):
         from hydra.core.hydra_config import HydraConfig
 
+        from llmft.run_dir import Preempted
+
         hydra_cfg = HydraConfig.get()
         try:
             cfg = prepare_config(command, cfg, list(hydra_cfg.overrides.task))
@@ -64,12 +71,16 @@ def run(command: str, args: list[str]) -> int:
 
             validate(cfg)
             run_dir = hydra_cfg.runtime.output_dir
-            if command in ("train", "distill"):
-                return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
-                             str(hydra_cfg.mode) == "RunMode.MULTIRUN")
-            return importlib.import_module(MODULES[command]).main(cfg, run_dir)
+            with run_lock(run_dir):  # one llmft writes a run folder at a time
+                if command in ("train", "distill"):
+                    return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
+                                 str(hydra_cfg.mode) == "RunMode.MULTIRUN")
+                return importlib.import_module(MODULES[command]).main(cfg, run_dir)
         except UserError as err:
             fail(err)
+        except Preempted as err:  # a checkpoint is saved: the rerun (or the requeued job) resumes
+            print(f"llmft: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
 
     if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")) > 0:
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # rank 0 writes the folder
@@ -82,14 +93,18 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
     """One training run: in this process, as a rank of a process group (joined from SLURM), or by
     spawning this node's ranks. Returns the primary metric (what an Optuna sweep maximizes).
 
-    In a sweep, a point whose folder already holds a completed run is not run again."""
+    In a sweep, a point whose folder already holds a completed run of the same config (the same
+    fingerprint) is not run again; one of other values is run (the old one is moved aside)."""
     from llmft import distributed
-    from llmft.run_dir import read_results
+    from llmft.run_dir import fingerprint, read_results
 
     done = read_results(run_dir)
     if sweep and done is not None and str(cfg.train.resume).lower() != "never":
-        print(f"llmft: {run_dir} is complete; skipped (train.resume=never reruns it)", file=sys.stderr)
-        return primary(done)
+        if done.get("fingerprint") == fingerprint(cfg)["fingerprint"]:
+            print(f"llmft: {run_dir} is complete; skipped (train.resume=never reruns it)", file=sys.stderr)
+            return primary(done)
+        print(f"llmft: {run_dir} holds a completed run of other values; running this point "
+              f"(the old run moves to {run_dir}/replaced)", file=sys.stderr)
     if distributed.needs_ranks(cfg.hardware) and not distributed.is_launched():
         if distributed.slurm_mode(cfg.hardware) == "join":
             distributed.join_slurm(cfg.hardware)
@@ -135,8 +150,9 @@ def overrides_of(args: list[str]) -> list[str]:
     return overrides
 
 
-def preflight(command: str, overrides: list[str]) -> None:
-    """Compose and validate every sweep value once; raise UserError on the first problem."""
+def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
+    """Compose and validate every sweep value once; raise UserError on the first problem (a run
+    folder in use by another llmft included, before Hydra writes into it)."""
     from hydra import compose, initialize_config_dir
 
     from llmft.config import validate
@@ -150,6 +166,8 @@ def preflight(command: str, overrides: list[str]) -> None:
                 launcher = cfg.hydra.launcher
                 check_launcher(launcher)
                 check_search(cfg)
+                if not sweep and is_lock_holder(cfg.hydra.run.dir):
+                    check_unlocked(cfg.hydra.run.dir)
             except UserError:
                 raise
             except Exception as err:  # Hydra's and OmegaConf's composition errors

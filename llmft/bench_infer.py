@@ -36,7 +36,7 @@ def main(cfg, run_path: str | Path) -> dict:
                         f"(got {meta.get('lm_kind') and 'a prompting run' or meta['task']})")
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)
-    model, tokenizer = load_saved(model_dir, task, meta)
+    model, tokenizer = load_saved(model_dir, task, meta, trust_remote_code=cfg.trust_remote_code)
     reference = plain_model(model)
     if hasattr(reference, "peft_config"):
         raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' adapter does not merge into its base; "
@@ -49,7 +49,8 @@ def main(cfg, run_path: str | Path) -> dict:
     for student in cfg.students:
         student_meta = read_metadata(Path(student))
         candidates.append((f"student ({Path(student).resolve().parent.name})",
-                           lambda s=student, m=student_meta: plain_model(load_saved(Path(s), task, m)[0])))
+                           lambda s=student, m=student_meta: plain_model(
+                               load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0])))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in candidates:

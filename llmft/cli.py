@@ -37,12 +37,19 @@ flags:
 """
 
 
-def normalize_overrides(args: list[str]) -> list[str]:
+# commands that load a saved model/: their trust_remote_code is top-level (train's is model.*)
+SAVED_MODEL_COMMANDS = ("eval", "predict", "export", "bench-infer")
+
+
+def normalize_overrides(args: list[str], command: str = "train") -> list[str]:
     """``+strategy=X`` means ``strategy=X``: strategy has a default (full), and users type both.
-    ``export.KEY=V`` means ``KEY=V`` (the export command's keys are top-level)."""
+    ``export.KEY=V`` means ``KEY=V`` (the export command's keys are top-level), and so does
+    ``model.trust_remote_code=V`` for the commands that load a saved model (users type both)."""
     out = []
     for a in args:
-        if a.startswith("+strategy="):
+        if a.startswith("model.trust_remote_code=") and command in SAVED_MODEL_COMMANDS:
+            a = a[len("model."):]
+        elif a.startswith("+strategy="):
             a = "strategy=" + a[len("+strategy="):]
         elif a.startswith("export."):
             a = a[len("export."):]
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"llmft {__version__}")
         return 0
-    command, args = argv[0], normalize_overrides(argv[1:])
+    command, args = argv[0], normalize_overrides(argv[1:], argv[0])
     if command not in COMMANDS:
         print(f"llmft: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
               file=sys.stderr)

@@ -131,8 +131,11 @@ class HardwareConfig:
     zero3_persistence_threshold: Optional[int] = None  # parameters smaller than this stay whole (DeepSpeed: 1e5)
     gradient_checkpointing: bool = False
     device_map: Optional[str] = None  # eval/predict: "auto" splits a large model's layers over the devices
-    master_port: int = 29500  # multi-node rendezvous (+ SLURM job id % 1000)
+    master_port: int = 29500  # multi-node rendezvous (+ SLURM job id % 10000)
     dataloader_workers: int = 0
+    # a collective (all-reduce, barrier) that waits longer than this fails the rank, so one dead
+    # rank ends the job instead of leaving the others hanging (torch's default: 1800)
+    collective_timeout_s: int = 600
 
 
 @dataclass
@@ -234,6 +237,7 @@ class EvalRunConfig:
     data: DataConfig = MISSING
     hardware: HardwareConfig = MISSING
     batch_size: int = 64
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     seed: int = 42
     print_config: bool = True
@@ -255,13 +259,14 @@ class PredictRunConfig:
     data: DataConfig = MISSING  # column names (the run's own data config, by default)
     hardware: HardwareConfig = MISSING
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
 
 
 @dataclass
 class ExportRunConfig:
     model_dir: str = MISSING  # a run's model/ folder holding a LoRA, DoRA or IA3 adapter
-    output_dir: Optional[str] = None  # default: next to model_dir, as merged/
+    output_dir: Optional[str] = None  # default: next to model_dir, as <format>/ (merged/, bf16/, ...)
     data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
     hardware: HardwareConfig = MISSING
     format: str = "merged"  # merged (adapters) | bf16 | fp16 | int8 (see llmft/precision.py)
@@ -269,6 +274,7 @@ class ExportRunConfig:
     # max |exported - source| logit difference relative to the logit scale; null: the format's
     # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1)
     tolerance: Optional[float] = None
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
 
 
@@ -282,6 +288,7 @@ class BenchInferRunConfig:
     latency_examples: int = 100  # single examples timed at batch 1 (after 5 warm-up)
     batch_size: int = 32  # throughput batch
     throughput_examples: int = 512  # eval examples timed at batch_size (after one warm-up batch)
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
     print_config: bool = False
 

@@ -10,15 +10,19 @@ console = Console(stderr=False)
 
 
 def print_config(cfg, groups=("model", "data", "strategy", "hardware", "logger", "train")) -> None:
-    from omegaconf import OmegaConf
+    """The config as a tree (secrets from the environment shown as their ${oc.env:...})."""
+    import yaml
 
+    from llmft.redact import redacted
+
+    plain = redacted(cfg)
     tree = Tree("config", guide_style="dim")
-    for group in [g for g in groups if g in cfg] + [k for k in cfg if k not in groups]:
-        node = cfg[group]
-        if not OmegaConf.is_config(node):
+    for group in [g for g in groups if g in plain] + [k for k in plain if k not in groups]:
+        node = plain[group]
+        if not isinstance(node, dict):
             tree.add(f"[bold]{group}[/bold]: {node}")
             continue
-        text = OmegaConf.to_yaml(node, resolve=True).rstrip()
+        text = yaml.safe_dump(node, sort_keys=False, allow_unicode=True).rstrip()
         tree.add(f"[bold]{group}[/bold]").add(Syntax(text, "yaml", background_color="default"))
     console.print(tree)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from llmft.errors import UserError
 
@@ -75,7 +77,7 @@ def master_addr() -> str:
 def slurm_port(hardware) -> int:
     """One port per job, so two jobs sharing a node don't meet on the same rendezvous."""
     job = int(os.environ.get("SLURM_JOB_ID", "0"))
-    return hardware.master_port + job % 1000
+    return hardware.master_port + job % 10000
 
 
 def leave() -> None:
@@ -114,6 +116,7 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
     torch's elastic launcher (what torchrun runs) starts the processes; a rank that fails makes
     this process exit with that rank's code (2 for a user error, whose line the rank printed)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     check_devices(hardware)
@@ -136,15 +139,71 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
     args = ["-m", "llmft.cli", command, *overrides, f"hydra.run.dir={run_dir}"]
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     log.info("starting %d processes on this node (world size %d)", hardware.nproc_per_node, world_size(hardware))
+    from llmft.run_lock import LOCK_HELD_ENV
+
+    os.environ[LOCK_HELD_ENV] = str(Path(run_dir).resolve())  # this process holds the folder for its ranks
+    os.environ[SPAWNER_ENV] = str(os.getpid())
+    forwarding = signal.signal(signal.SIGUSR2, _forward_to_children)  # SLURM's time-limit warning
     try:
         elastic_launch(config, entrypoint=sys.executable)(*args)
+    except SignalException as err:  # SIGTERM to this process: torch's launcher passed it on to the ranks
+        print(f"llmft: stopped by {signal.Signals(err.sigval).name}; the ranks saved a checkpoint if they reached "
+              f"a step boundary in time. Rerun the same command to resume", file=sys.stderr)
+        sys.exit(128 + err.sigval)
     except ChildFailedError as err:
         failed_rank, failure = min(err.failures.items())
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
-        if code != 2:
+        if code not in (2, *PREEMPTED_CODES):  # those printed their own line
             print(f"llmft: error: rank {failed_rank} failed (exit code {failure.exitcode}); its traceback is above",
                   file=sys.stderr)
         sys.exit(code)
+    finally:
+        signal.signal(signal.SIGUSR2, forwarding)
+        os.environ.pop(LOCK_HELD_ENV, None)
+        os.environ.pop(SPAWNER_ENV, None)
+
+
+SPAWNER_ENV = "LLMFT_SPAWNER_PID"
+
+
+def die_with_spawner() -> None:
+    """A rank that llmft spawned dies with it (kill -9 included). torch's launcher starts each rank
+    in a session of its own, so killing llmft's process group would leave the ranks running and
+    writing into a run folder whose lock died with llmft (Linux: PR_SET_PDEATHSIG)."""
+    spawner = os.environ.get(SPAWNER_ENV)
+    if spawner is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(spawner):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+PREEMPTED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGUSR2)  # ranks that saved and stopped (run_dir.Preempted)
+
+
+def _forward_to_children(signum, frame) -> None:
+    """USR2 to the spawner (srun forwards it to each node's task) goes on to its ranks, which save
+    at the next step (SIGTERM needs no help: torch's launcher sends it on to the ranks itself)."""
+    for pid in _children():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _children() -> list[int]:
+    """This process's child pids (Linux /proc)."""
+    me, out = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def prebuild_cpu_ops() -> None:

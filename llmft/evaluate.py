@@ -66,7 +66,7 @@ def main(cfg, run_path: str | Path) -> dict:
     meta = read_metadata(model_dir)
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)
-    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map)
+    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
     splits = strategy_class(meta.get("strategy", "full")).prepare_saved_data(splits, tokenizer, meta)
     eval_set = task.tokenize(splits["eval"], tokenizer)
 

@@ -5,6 +5,8 @@ plain HF folder under the cache, then load that folder like any other (0.3 s ins
 
 The package is found without importing it. transformers dequantizes the GGUF weights on load;
 the copy drops the GGUF quantization config so the folder saves and reloads as ordinary fp32.
+Each process converts into its own temp folder (``<name>.tmp-<pid>``) and renames it into place;
+ranks converting at once do not clobber each other, and the first rename wins.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def converted_folder(spec: str, key: str = "model.name_or_path") -> str:
     if not gguf_file.is_file():
         raise UserError(f"{key}={spec}: no GGUF file at {gguf_file}")
     target = cache_root() / "gguf" / gguf_file.stem
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _complete(target):
         return str(target)
     try:
         import gguf  # noqa: F401  (transformers reads GGUF files with it)
@@ -49,10 +51,26 @@ def converted_folder(spec: str, key: str = "model.name_or_path") -> str:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + ".tmp")  # a killed conversion never looks finished
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # a killed conversion never looks finished
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    _publish(tmp, target, key, spec)
     return str(target)
+
+
+def _complete(target: Path) -> bool:
+    """A converted folder is complete once it exists (it appears whole, by rename)."""
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def _publish(tmp: Path, target: Path, key: str, spec: str) -> None:
+    """Rename this process's conversion into place; if another process got there first, its
+    folder is just as good: drop ours."""
+    try:
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _complete(target):
+            raise UserError(f"{key}={spec}: {target} exists but is not a complete conversion; delete it and "
+                            f"rerun") from None

@@ -166,7 +166,8 @@ def from_config(cfg, task, model, train_set, tokenizer):
             if len(weights) != n:
                 raise UserError(f"train.class_weights has {len(weights)} weights but the task has {n} labels "
                                 f"{list(task.labels)}")
-    teacher = load_teacher(t.distill.teacher, task, tokenizer) if t.distill.teacher else None
+    teacher = (load_teacher(t.distill.teacher, task, tokenizer, cfg.model.trust_remote_code)
+               if t.distill.teacher else None)
     from llmft.strategies import strategy_class
 
     later = strategy_class(cfg.strategy.name).unfreezes_later  # anchor what will train, not only what trains now
@@ -180,20 +181,22 @@ def from_config(cfg, task, model, train_set, tokenizer):
     return objective if active else None
 
 
-def load_teacher(path: str, task, tokenizer):
+def load_teacher(path: str, task, tokenizer, trust_remote_code: bool = False):
     """A trained model/ folder (or the run folder holding it), checked against the student's
-    labels and tokenizer, frozen, in eval mode."""
+    labels and tokenizer, frozen, in eval mode. Its code (if any) runs only with the run's
+    model.trust_remote_code=true."""
     from llmft.errors import UserError
-    from llmft.models import load_saved, read_metadata
+    from llmft.models import load_saved, read_metadata, require_trust
 
     model_dir = teacher_dir(path)
     meta = read_metadata(model_dir)
+    require_trust(meta, trust_remote_code, f"train.distill.teacher={path}", model_dir, "model.trust_remote_code")
     if meta.get("task") != task.name:
         raise UserError(f"train.distill.teacher={path}: a {meta.get('task')} model; this run is {task.name}")
     if task.labels is not None and list(meta.get("labels") or []) != list(task.labels):
         raise UserError(f"train.distill.teacher={path}: its labels {meta.get('labels')} differ from this run's "
                         f"{list(task.labels)}")
-    teacher, teacher_tokenizer = load_saved(model_dir, task, meta)
+    teacher, teacher_tokenizer = load_saved(model_dir, task, meta, trust_remote_code=trust_remote_code)
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"train.distill.teacher={path}: its tokenizer differs from the student's; distillation "
                         f"compares logits token by token, so both need the same tokenizer")

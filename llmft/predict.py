@@ -32,7 +32,7 @@ def main(cfg, run_path: str | Path) -> dict:
     inputs = read_file(path, cfg.data, "predict.input_file")
     check_columns(inputs, str(path), task.input_columns(), cfg.data)
 
-    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map)
+    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
     if cfg.predict.precision != "fp32":
         from llmft.precision import to_variant
 

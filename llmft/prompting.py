@@ -17,12 +17,12 @@ log = logging.getLogger(__name__)
 MASK_SLOT = "{mask}"
 
 
-def lm_kind(path: str, trust_remote_code: bool = False) -> str:
+def lm_kind(path: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
     """"causal" or "masked": which LM head this model has (without loading its weights)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **({"revision": revision} if revision else {}))
     architectures = config.architectures or []
     if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures):
         return "masked"

@@ -107,14 +107,14 @@ def perplexity(model, tokenizer, text: str, max_length: int, device) -> float:
 
 def report(cfg, task, strategy, trained, tokenizer, eval_set, collator, run_path: Path) -> dict:
     """The retention entry of results.json, and retention.png."""
-    from llmft.models import load_model
+    from llmft.models import load_model, revision_kwargs
     from llmft.paths import resolve_model_path
 
     after = plain_model(trained)
     base_path = resolve_model_path(cfg.model.name_or_path)
     device = next(after.parameters()).device
-    before = load_model(base_path, task, tokenizer, cfg.model.trust_remote_code,
-                        strategy.model_class(base_path)).to(device).eval()
+    before = load_model(base_path, task, tokenizer, cfg.model.trust_remote_code, strategy.model_class(base_path),
+                        **revision_kwargs(cfg.model.revision)).to(device).eval()
     was_training = after.training
     after.eval()
     out = {"drift": weight_drift(before, after)}

@@ -21,14 +21,17 @@ def kept_blocks(total: int, keep: int) -> list[int]:
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
-def init_from_teacher(teacher_dir: Path, task, layers: int, out: Path) -> Path:
-    """Write the student's starting point (fp32, adapters merged) to ``out``; returns ``out``."""
+def init_from_teacher(teacher_dir: Path, task, layers: int, out: Path, trust_remote_code: bool = False) -> Path:
+    """Write the student's starting point (fp32, adapters merged) to ``out``; returns ``out``.
+    The teacher's code (if any) runs only with the run's model.trust_remote_code=true."""
     from llmft.anatomy import block_stack
-    from llmft.models import load_saved, read_metadata
+    from llmft.models import load_saved, read_metadata, require_trust
     from llmft.retention import plain_model
 
     meta = read_metadata(teacher_dir)
-    model, tokenizer = load_saved(teacher_dir, task, meta)
+    require_trust(meta, trust_remote_code, f"train.distill.teacher={teacher_dir}", teacher_dir,
+                  "model.trust_remote_code")
+    model, tokenizer = load_saved(teacher_dir, task, meta, trust_remote_code=trust_remote_code)
     model = plain_model(model)
     if hasattr(model, "peft_config"):
         raise UserError(f"train.distill.teacher={teacher_dir}: a '{meta.get('strategy')}' adapter does not merge; "

@@ -18,7 +18,7 @@ from llmft.errors import UserError
 from llmft.models import count_parameters, load_backbone, load_backbone_tokenizer, save_model
 from llmft.objective import from_config as objective_from_config
 from llmft.paths import resolve_model_path
-from llmft.run_dir import RunDir
+from llmft.run_dir import Preempted, RunDir, SaveOnPreemption, finite_json, fingerprint
 from llmft.strategies import build_strategy
 from llmft.tasks import build_task
 from llmft.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
@@ -31,10 +31,17 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     lead = is_rank_zero()  # rank 0 alone writes the run folder, logs and the tracker
     run = RunDir(run_path)
     ds_config = deepspeed_config(cfg)
-    resume_from = run.resume_checkpoint(cfg.train.resume, world_size(cfg.hardware), cfg.hardware.zero_stage)
+    ident = fingerprint(cfg)  # what this config computes: checkpoints, model/ and results.json carry it
+    resume_from = run.resume_checkpoint(cfg.train.resume, ident, world_size(cfg.hardware), cfg.hardware.zero_stage)
     resume_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
     if lead:
-        run.start(cfg, resume_step, ds_config)
+        moved = run.set_aside_other_runs(cfg.train.resume, ident)
+        if moved:
+            log.warning("%s held the files of another run (another config, or train.resume=never): moved to %s",
+                        run.path, moved)
+    finished = run.complete_model(ident)  # model/ of this very config is complete: evaluate it, don't retrain
+    if lead:
+        run.start(cfg, resume_step, ds_config, keep_metrics=finished is not None, fingerprint=ident["fingerprint"])
         if cfg.print_config:
             print_config(cfg)
 
@@ -44,15 +51,82 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     task = build_task(cfg.data)
     strategy = build_strategy(cfg, task)
     splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
+    if not strategy.trains:
+        finished = None
 
-    if cfg.train.distill.student_layers > 0:  # the student starts as N of the teacher's blocks
+    if cfg.train.distill.student_layers > 0 and finished is None:  # the student starts as N of the teacher's blocks
         from llmft.objective import teacher_dir
         from llmft.students import init_from_teacher
 
         cfg.model.name_or_path = str(init_from_teacher(teacher_dir(cfg.train.distill.teacher), task,
-                                                       cfg.train.distill.student_layers, run.path / "student_init"))
-    tokenizer = load_backbone_tokenizer(cfg.model)
-    splits = strategy.prepare_data(splits, tokenizer)  # prompts that cannot fit fail here, before the model loads
+                                                       cfg.train.distill.student_layers, run.path / "student_init",
+                                                       cfg.model.trust_remote_code))
+    tokenizer = load_backbone_tokenizer(cfg.model) if finished is None else None
+    results = None
+    report_to = start_tracker(cfg, run.path) if lead else []
+    try:
+        if finished is not None:
+            log.info("%s holds the finished model of this config: evaluating it (no training)", run.model_dir)
+            trainer, tokenizer, record = reload_finished(cfg, run, task, strategy, finished)
+            splits = strategy.prepare_data(splits, tokenizer)
+            task.tokenize(splits["train"], tokenizer)  # the data report counts what training saw
+        else:
+            splits = strategy.prepare_data(splits, tokenizer)  # prompts that cannot fit fail here, before the model loads
+        eval_set = task.tokenize(splits["eval"], tokenizer)
+        validation_set = task.tokenize(splits["validation"], tokenizer) if "validation" in splits else None
+        if finished is None:
+            trainer, record = train_model(cfg, run, task, strategy, splits, tokenizer, eval_set, validation_set,
+                                          ds_config, report_to, resume_from, resume_step, ident, [*callbacks])
+        metrics, records = strategy.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
+        baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
+        validation = None  # what sweeps select on; "eval" (the held-out test split) is what is reported
+        if validation_set is not None:
+            validation, _ = strategy.evaluate(trainer, validation_set, splits["validation"], cfg.generate)
+        results = {
+            "status": "completed",
+            "run_dir": str(run.path),
+            "fingerprint": ident["fingerprint"],
+            "experiment": cfg.experiment,
+            "task": task.name,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "strategy": cfg.strategy.name,
+            "seed": cfg.seed,
+            "primary_metric": task.primary_metric,
+            "num_train_examples": len(splits["train"]),
+            "aux": record["aux"],
+            "data_report": task.data_report(),
+            "num_eval_examples": len(eval_set),
+            "eval": metrics,  # the held-out test split: the numbers to report
+            "num_validation_examples": len(splits["validation"]) if validation is not None else 0,
+            "validation": validation,  # early stopping and sweeps select on these, never on "eval"
+            "baseline": baseline,
+            "warnings": task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
+            "train": record["train"],
+            "hardware": {"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
+                         "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
+            "memory": memory_figures(),
+            "params": record["params"],
+            "strategy_report": record["strategy_report"],
+            "retention": record["retention"],
+            "reevaluated": finished is not None,  # True: model/ was complete, this run only evaluated it
+            "wall_time_s": round(time.perf_counter() - started, 1),
+        }
+        if trainer.is_world_process_zero():
+            run.write_predictions(records)
+            run.write_results(results)  # last: its presence means the run completed
+    finally:
+        finish_tracker(results)
+    if lead:
+        print_results(results)
+    return results
+
+
+def train_model(cfg, run, task, strategy, splits, tokenizer, eval_set, validation_set, ds_config, report_to,
+                resume_from, resume_step, ident, callbacks) -> tuple:
+    """Model -> strategy -> Trainer -> train -> model/ (written whole, then renamed). Returns the
+    Trainer (its model is what gets evaluated) and the training record model/llmft.json keeps."""
+    lead = is_rank_zero()
     model = load_backbone(cfg.model, task, strategy, tokenizer)
     model = strategy.apply(model)
     param_groups = strategy.param_groups(model)
@@ -62,7 +136,6 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
         model = CrfTagger(model, task.labels)
         param_groups = model.param_groups(param_groups, cfg.model.crf_lr_scale)
     train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
-    eval_set = task.tokenize(splits["eval"], tokenizer)
     aux_report = None
     if cfg.data.aux and strategy.trains:  # multi-task / rehearsal data mixed into train
         from llmft.multitask import MultiTaskClassifier, mix
@@ -74,89 +147,62 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     params = count_parameters(model)
     objective = objective_from_config(cfg, task, model, train_set, tokenizer) if strategy.trains else None
     stopping = early_stopping(cfg, task, splits)
-    validation_set = task.tokenize(splits["validation"], tokenizer) if stopping else None
 
-    results = None
-    report_to = start_tracker(cfg, run.path) if lead else []
-    try:
-        args = training_arguments(cfg, run.checkpoints, report_to, ds_config, stopping and stopping["metric"])
-        trainer = build_trainer(
-            args, model, tokenizer, task, train_set,
-            callbacks=[*strategy.callbacks(), *run.callbacks(), *callbacks, *(stopping["callbacks"] if stopping else [])],
-            param_groups=param_groups, objective=objective, train_cfg=cfg.train,
-            sample_weights=balanced_sample_weights(train_set) if cfg.data.sampler == "balanced" else None,
-            eval_dataset=validation_set,
-            compute_metrics=task.loop_metrics if stopping and stopping["metric"] != "loss" else None,
-        )
-        if objective is not None and objective.teacher is not None:
-            objective.teacher.to(trainer.args.device)
-        if ds_config is not None and not trainer.is_deepspeed_enabled:
-            raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
-                               "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
-        train_figures = None
-        if strategy.trains:
-            if resume_from:
-                log.info("resuming from %s", resume_from)
-            try:
-                trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-                check_finite_weights(trainer.model, trainer.state.global_step)
-            except NonFinite as err:
-                raise diverged(run, err, lead) from None
-            train_figures = train_summary(trainer, trained, resume_step)
-            if stopping:
-                train_figures["early_stopping"] = stopping_summary(trainer, stopping["metric"])
-        strategy.before_eval(trainer)
-        save_model(trainer, strategy, tokenizer, run.model_dir, meta={
-            **task.metadata(),
-            **strategy.metadata(),
-            "crf": cfg.model.crf,
-            "strategy": cfg.strategy.name,
-            "base_model": resolve_model_path(cfg.model.name_or_path),
-            "trust_remote_code": cfg.model.trust_remote_code,
-        })
+    preemption = SaveOnPreemption.install()
+    args = training_arguments(cfg, run.checkpoints, report_to, ds_config, stopping and stopping["metric"])
+    trainer = build_trainer(
+        args, model, tokenizer, task, train_set,
+        callbacks=[*strategy.callbacks(), *run.callbacks(ident, cfg.hardware.zero_stage), preemption, *callbacks,
+                   *(stopping["callbacks"] if stopping else [])],
+        param_groups=param_groups, objective=objective, train_cfg=cfg.train,
+        sample_weights=balanced_sample_weights(train_set) if cfg.data.sampler == "balanced" else None,
+        eval_dataset=validation_set if stopping else None,
+        compute_metrics=task.loop_metrics if stopping and stopping["metric"] != "loss" else None,
+    )
+    if objective is not None and objective.teacher is not None:
+        objective.teacher.to(trainer.args.device)
+    if ds_config is not None and not trainer.is_deepspeed_enabled:
+        raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
+                           "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
+    train_figures = None
+    if strategy.trains:
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        try:
+            trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            check_finite_weights(trainer.model, trainer.state.global_step)
+        except NonFinite as err:
+            raise diverged(run, err, lead) from None
+        if preemption.caught:
+            raise Preempted(preemption.caught, trainer.state.global_step, preemption.checkpoint)
+        train_figures = train_summary(trainer, trained, resume_step)
+        if stopping:
+            train_figures["early_stopping"] = stopping_summary(trainer, stopping["metric"])
+    strategy.before_eval(trainer)
+    record = {"train": train_figures, "params": params, "aux": aux_report, "strategy_report": strategy.report(),
+              "retention": retention_report(cfg, task, strategy, trainer, tokenizer, eval_set, run.path)}
+    save_model(trainer, strategy, tokenizer, run.model_dir, meta={
+        **task.metadata(),
+        **strategy.metadata(),
+        "crf": cfg.model.crf,
+        "strategy": cfg.strategy.name,
+        "base_model": resolve_model_path(cfg.model.name_or_path),
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "revision": cfg.model.revision,
+        "fingerprint": ident["fingerprint"],
+        "training": finite_json(record),  # a rerun that finds model/ complete reports these
+    })
+    return trainer, record
 
-        metrics, records = strategy.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
-        baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
-        validation = None  # what sweeps select on; "eval" (the held-out test split) is what is reported
-        if "validation" in splits:
-            validation_set = validation_set or task.tokenize(splits["validation"], tokenizer)
-            validation, _ = strategy.evaluate(trainer, validation_set, splits["validation"], cfg.generate)
-        results = {
-            "status": "completed",
-            "run_dir": str(run.path),
-            "experiment": cfg.experiment,
-            "task": task.name,
-            "model": cfg.model.name,
-            "data": cfg.data.name,
-            "strategy": cfg.strategy.name,
-            "seed": cfg.seed,
-            "primary_metric": task.primary_metric,
-            "num_train_examples": len(splits["train"]),
-            "aux": aux_report,
-            "data_report": task.data_report(),
-            "num_eval_examples": len(eval_set),
-            "eval": metrics,  # the held-out test split: the numbers to report
-            "num_validation_examples": len(splits["validation"]) if validation is not None else 0,
-            "validation": validation,  # early stopping and sweeps select on these, never on "eval"
-            "baseline": baseline,
-            "warnings": task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
-            "train": train_figures,
-            "hardware": {"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
-                         "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
-            "memory": memory_figures(),
-            "params": params,
-            "strategy_report": strategy.report(),
-            "retention": retention_report(cfg, task, strategy, trainer, tokenizer, eval_set, run.path),
-            "wall_time_s": round(time.perf_counter() - started, 1),
-        }
-        if trainer.is_world_process_zero():
-            run.write_predictions(records)
-            run.write_results(results)  # last: its presence means the run completed
-    finally:
-        finish_tracker(results)
-    if lead:
-        print_results(results)
-    return results
+
+def reload_finished(cfg, run, task, strategy, meta: dict) -> tuple:
+    """A rerun whose model/ is complete (killed during evaluation, or rerun as it was): load it the
+    way ``llmft eval`` does, with the run's evaluation settings, and its training record."""
+    from llmft.models import load_saved
+
+    model, tokenizer = load_saved(run.model_dir, task, meta, trust_remote_code=cfg.model.trust_remote_code)
+    args = training_arguments(cfg, run.checkpoints, [], None)  # no DeepSpeed: nothing to train or shard
+    return build_trainer(args, model, tokenizer, task), tokenizer, meta["training"]
 
 
 def check_finite_weights(model, step: int) -> None:
@@ -172,8 +218,8 @@ def diverged(run: RunDir, err: NonFinite, lead: bool) -> UserError:
     """The one line for a run that diverged; its results.json says "failed" (no model/ is written)."""
     checkpoint = run.latest_checkpoint()
     where = str(checkpoint) if checkpoint else "none (train.save_steps=N keeps them)"
-    message = (f"{err}; last complete checkpoint: {where}. Lower train.lr, keep train.max_grad_norm > 0, "
-               f"or resume from the checkpoint with other settings")
+    message = (f"{err}; last complete checkpoint: {where}. Lower train.lr or keep train.max_grad_norm > 0 "
+               f"and rerun with train.resume=never (this run's files move to {run.path / 'replaced'})")
     if lead:
         run.write_failure(str(err), step=err.step, last_checkpoint=str(checkpoint) if checkpoint else None)
     return UserError(message)

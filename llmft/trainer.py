@@ -103,6 +103,8 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         gradient_checkpointing=cfg.hardware.gradient_checkpointing,
         deepspeed=deepspeed,  # rendered from cfg.hardware (llmft/distributed.py); None: no DeepSpeed
         ddp_backend="gloo" if use_cpu(cfg.hardware) and is_launched() else None,
+        ddp_timeout=cfg.hardware.collective_timeout_s,  # a rank that waits longer on the others fails
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience survives a resume
     )
 
 
@@ -162,8 +164,7 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         def _get_train_sampler(self, train_dataset=None):
             if sample_weights is None:
                 return super()._get_train_sampler(train_dataset)
-            generator = torch.Generator().manual_seed(self.args.seed)
-            return torch.utils.data.WeightedRandomSampler(sample_weights, len(sample_weights), generator=generator)
+            return EpochWeightedSampler(sample_weights, self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if objective is None or not model.training:  # eval loss: the model's own
@@ -225,6 +226,20 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     return trainer
 
 
+def EpochWeightedSampler(weights: list[float], seed: int):
+    """torch's WeightedRandomSampler whose draws depend on (seed, epoch) only: the Trainer calls
+    set_epoch each epoch, so a resumed run draws epoch k's order, not epoch 1's again."""
+    import torch
+
+    class Sampler(torch.utils.data.WeightedRandomSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed * 1000 + int(epoch))
+
+    sampler = Sampler(weights, len(weights))
+    sampler.set_epoch(0)
+    return sampler
+
+
 class NonFinite(Exception):
     """The loss or the gradient norm became nan/inf at ``step``; raised before the optimizer step,
     so no update from it reaches the weights (the recipe turns it into a one-line error)."""
@@ -278,7 +293,7 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
         import wandb
     except ImportError:
         raise UserError("logger=wandb needs the wandb package: pip install wandb") from None
-    from omegaconf import OmegaConf
+    from llmft.redact import redacted
 
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -293,7 +308,7 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
         tags=list(cfg.logger.tags),
         name=cfg.get("experiment") or cfg.strategy.name,
         dir=str(run_path),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=redacted(cfg),  # secrets read from the environment stay ${oc.env:...}
     )  # the Trainer's WandbCallback finds this run and logs into it
     return ["wandb"]
 

@@ -86,7 +86,7 @@ def test_zero3_resume_from_a_mid_run_checkpoint_is_exact(tmp_path, tiny_bert, ti
     shutil.rmtree(cut / "checkpoints" / "checkpoint-8")
     (cut / "results.json").unlink()
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, cut, *args, "hardware.nproc_per_node=1"))
-    assert proc.returncode == 2 and "ZeRO shards of 2 processes" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "saved with ZeRO stage 3 on 2 processes" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_killed_run_resumes_when_rerun(tmp_path, tiny_bert, tiny_data):

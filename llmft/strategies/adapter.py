@@ -85,12 +85,13 @@ class Adapter(Strategy):
             save_file(trained, str(model_dir / WEIGHTS))
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer):
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
         from safetensors.torch import load_file
 
-        from llmft.models import load_model
+        from llmft.models import load_model, revision_kwargs
 
-        model = load_model(meta["base_model"], task, tokenizer, meta.get("trust_remote_code", False))
+        model = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
+                           **revision_kwargs(meta.get("revision")))
         insert_adapters(model, meta["adapter"])
         missing = set(load_file(str(model_dir / WEIGHTS))) - set(dict(model.named_parameters()))
         if missing:

@@ -87,17 +87,18 @@ class Strategy:
         trainer.save_model(str(model_dir))  # full model, or PEFT adapter for a PeftModel
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer):
-        """The saved model, ready to predict: a full HF folder or a PEFT adapter on its base."""
-        from llmft.models import load_model
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
+        """The saved model, ready to predict: a full HF folder or a PEFT adapter on its base (at the
+        revision it trained on). ``trust_remote_code``: the command line's, never llmft.json's."""
+        from llmft.models import load_model, revision_kwargs
 
-        trust = meta.get("trust_remote_code", False)
         if (model_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = load_model(meta["base_model"], task, tokenizer, trust, **cls.base_load_kwargs(meta))
+            base = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
+                              **revision_kwargs(meta.get("revision")), **cls.base_load_kwargs(meta))
             return PeftModel.from_pretrained(base, str(model_dir))
-        return load_model(str(model_dir), task, tokenizer, trust)
+        return load_model(str(model_dir), task, tokenizer, trust_remote_code)
 
     @classmethod
     def base_load_kwargs(cls, meta: dict) -> dict:

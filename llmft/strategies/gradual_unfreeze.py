@@ -36,6 +36,11 @@ class GradualUnfreeze(Strategy):
         if s.unfreeze_every < 1:
             raise UserError(f"strategy.unfreeze_every must be >= 1 (got {s.unfreeze_every})")
         require_one_of("strategy.unit", s.unit, ("steps", "epochs"))
+        hw = run_cfg.hardware
+        if hw.nproc_per_node * hw.nnodes > 1:  # DDP averages only what trained when it wrapped the model
+            raise UserError(f"hardware.nproc_per_node={hw.nproc_per_node} (x {hw.nnodes} nodes): strategy="
+                            f"gradual_unfreeze runs in one process; under DDP the blocks it unfreezes later are "
+                            f"never averaged across ranks and drift apart. Use hardware.nproc_per_node=1")
 
     def __init__(self, run_cfg, task):
         super().__init__(run_cfg, task)

@@ -43,7 +43,7 @@ class ZeroShot(Strategy):
     def model_class(self, path: str) -> str:
         from llmft.prompting import lm_kind
 
-        self.kind = lm_kind(path, self.run_cfg.model.trust_remote_code)
+        self.kind = lm_kind(path, self.run_cfg.model.trust_remote_code, self.run_cfg.model.revision)
         return LM_CLASSES[self.kind]
 
     def prepare_data(self, splits: dict, tokenizer) -> dict:
@@ -134,14 +134,16 @@ class ZeroShot(Strategy):
         return cls.render_splits(splits, tokenizer, meta)
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer):
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
         import torch
 
-        from llmft.models import load_model
+        from llmft.models import load_model, revision_kwargs
         from llmft.prompting import label_token_ids, prompt_classifier
 
-        source = str(model_dir) if (model_dir / "config.json").is_file() else meta["base_model"]
-        lm = load_model(source, task, tokenizer, meta.get("trust_remote_code", False), LM_CLASSES[meta["lm_kind"]])
+        own = (model_dir / "config.json").is_file()
+        source = str(model_dir) if own else meta["base_model"]
+        lm = load_model(source, task, tokenizer, trust_remote_code, LM_CLASSES[meta["lm_kind"]],
+                        **({} if own else revision_kwargs(meta.get("revision"))))
         if (model_dir / "adapter_config.json").is_file():  # PET trained a LoRA / DoRA adapter
             from peft import PeftModel
 
