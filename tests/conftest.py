@@ -240,6 +240,16 @@ def tiny_train_args(model: Path, data: dict, run_dir: Path, *extra: str) -> list
     ]
 
 
+def assert_user_error(proc, *expected: str) -> None:
+    """Exit 2 with exactly one `llmft: error:` line holding ``expected``, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("llmft: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -3,16 +3,7 @@ and no run folder that looks finished."""
 from __future__ import annotations
 
 import pytest
-from conftest import make_rows, run_cli, tiny_train_args, write_csv
-
-
-def assert_user_error(proc, *expected: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("llmft: error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    for text in expected:
-        assert text in lines[0], lines[0]
+from conftest import assert_user_error, make_rows, run_cli, tiny_train_args, write_csv
 
 
 @pytest.mark.parametrize(

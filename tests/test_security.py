@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, tiny_train_args
+from conftest import assert_user_error, run_cli, tiny_train_args
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -18,16 +18,6 @@ def snapshot(folder: Path) -> dict:
     """relative path -> sha256 of every file under ``folder``."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_refused(proc, *expected: str) -> None:
-    """Exit 2 with exactly one `llmft: error:` line holding ``expected``, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("llmft: error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 def data_args(tiny_data) -> list[str]:
@@ -56,7 +46,7 @@ def test_export_refuses_the_source_a_folder_in_it_or_the_run_folder(tmp_path, tr
     out = {"model": model, "model/bf16": model / "bf16", "run": model.parent}[target]
     before, run_before = snapshot(model), snapshot(model.parent)
     proc = export(model, out, tmp_path / "log")
-    assert_refused(proc, f"export.output_dir={out}", "model_dir")
+    assert_user_error(proc, f"export.output_dir={out}", "model_dir")
     assert snapshot(model) == before
     assert snapshot(model.parent) == run_before
 
@@ -68,11 +58,11 @@ def test_export_refuses_a_folder_of_user_files_and_the_working_directory(tmp_pat
     (mine / "sub" / "data.csv").write_text("a,b\n1,2\n")
     before = snapshot(mine)
     proc = export(trained, mine, tmp_path / "log")
-    assert_refused(proc, f"export.output_dir={mine}", "did not write")
+    assert_user_error(proc, f"export.output_dir={mine}", "did not write")
     assert snapshot(mine) == before
 
     proc = export(trained, ".", tmp_path / "log2", cwd=mine)  # the working directory, even if it were empty
-    assert_refused(proc, "export.output_dir=.", "current directory")
+    assert_user_error(proc, "export.output_dir=.", "current directory")
     assert snapshot(mine) == before
 
 
@@ -87,7 +77,7 @@ def test_export_again_replaces_it_and_a_failed_check_keeps_the_previous_one(tmp_
     before = snapshot(out)
 
     proc = export(trained, out, tmp_path / "failed", "export.tolerance=1e-12")  # bf16 cannot match fp32 that closely
-    assert_refused(proc, "export check failed")
+    assert_user_error(proc, "export check failed")
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["bf16"]  # no temp or set-aside folder left
 
@@ -166,7 +156,7 @@ def test_a_pickled_int8_export_is_refused_unread(tmp_path, trained, tiny_data):
 
     proc = run_cli("eval", f"model_dir={old}", *data_args(tiny_data), f"hydra.run.dir={tmp_path / 'eval'}",
                    "print_config=false")
-    assert_refused(proc, f"model_dir={old}", "int8_model.pt", "re-export")
+    assert_user_error(proc, f"model_dir={old}", "int8_model.pt", "re-export")
     from llmft.errors import UserError
     from llmft.precision import load_int8
 
@@ -223,9 +213,9 @@ def test_a_models_own_code_does_not_run_unless_asked(tmp_path, trained, tiny_dat
     folder = custom_code_copy(trained, tmp_path / "custom", sentinel, trusted_in_meta)
     proc = run_cli("eval", f"model_dir={folder}", *data_args(tiny_data), f"hydra.run.dir={tmp_path / 'eval'}",
                    "print_config=false")
-    assert_refused(proc, "trust_remote_code=true", f"read the code in {folder}")
+    assert_user_error(proc, "trust_remote_code=true", f"read the code in {folder}")
     if trusted_in_meta:
-        assert_refused(proc, f"model_dir={folder}: this model was trained with trust_remote_code=true")
+        assert_user_error(proc, f"model_dir={folder}: this model was trained with trust_remote_code=true")
     assert not sentinel.exists()
 
     if trusted_in_meta:  # asked for on the command line (either spelling): the code runs
