@@ -113,7 +113,13 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
             return primary(read_results(run_dir))
     if distributed.is_launched():
         distributed.set_rank_env(cfg.hardware)
-    results = importlib.import_module(MODULES["train"]).main(cfg, run_dir)
+    from llmft.run_dir import Preempted
+
+    try:
+        results = importlib.import_module(MODULES["train"]).main(cfg, run_dir)
+    except Preempted:
+        distributed.leave()  # every rank stopped at the same step: close the group before exiting
+        raise
     distributed.leave()  # after success only: a failed rank must not wait for the others at a barrier
     return primary(results)
 

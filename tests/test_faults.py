@@ -85,6 +85,27 @@ def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, tiny_bert, 
     assert results["train"]["resumed_from_step"] == step and results["train"]["steps"] == 3000
 
 
+def test_usr2_to_the_launcher_reaches_its_ranks_which_save_and_resume(tmp_path, tiny_bert, tiny_data):
+    """The sbatch template's --signal=B:USR2 reaches each node's llmft, not its ranks: llmft passes
+    it on, both ZeRO-2 ranks save at the same step, and the rerun resumes there."""
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_bert, tiny_data, run_dir, "hardware=cpu_zero2", "train.max_steps=2000",
+                           "train.logging_steps=5")
+    proc = start_cli("train", *args)
+    wait_for(lambda: trained_steps(run_dir), proc, "training", timeout=600)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR2, err[-3000:]
+    marked = list((run_dir / "checkpoints").glob("checkpoint-*/.complete"))
+    assert len(marked) == 1 and "stopped by SIGUSR2" in err, err[-3000:]
+    step = int(marked[0].parent.name.split("-")[1])
+    assert any((marked[0].parent).glob("global_step*"))  # both ranks' ZeRO shards
+
+    proc = run_cli("train", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(run_dir)["train"]["resumed_from_step"] == step
+
+
 def test_ranks_die_with_the_llmft_that_spawned_them(tmp_path, tiny_bert, tiny_data):
     """torch's launcher starts each rank in its own session: a kill -9 of llmft's process group
     used to leave both ranks training (and writing the folder) after its lock was gone."""
