@@ -115,6 +115,7 @@ def check_replaceable(out: Path, key: str) -> None:
 def staging(out: Path):
     """A temp folder beside ``out`` (same file system: the final rename is atomic), deleted on
     the way out unless ``publish`` moved it into place; a failure leaves ``out`` as it was."""
+    recover_leftovers(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -122,6 +123,32 @@ def staging(out: Path):
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_leftovers(out: Path) -> None:
+    """What an export killed half-way left beside ``out`` (its pid is gone): its temp folder is
+    deleted; a previous export it had moved aside (``.old-<pid>``) comes back if nothing took its
+    place, else it is deleted (the newer export is complete)."""
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            path.rename(out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(tmp: Path, out: Path) -> None:

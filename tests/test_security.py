@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,16 @@ def test_export_again_replaces_it_and_a_failed_check_keeps_the_previous_one(tmp_
     assert_user_error(proc, "export check failed")
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["bf16"]  # no temp or set-aside folder left
+
+    # an export killed between moving the previous one aside and renaming its own into place
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    out.rename(out.with_name(f".bf16.old-{gone.pid}"))
+    (out.with_name(f".bf16.tmp-{gone.pid}")).mkdir()
+    proc = export(trained, out, tmp_path / "after-kill", "export.tolerance=1e-12")
+    assert_user_error(proc, "export check failed")
+    assert snapshot(out) == before  # the previous export is back in place, the dead one's temp folder gone
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bf16"]
 
 
 # ------------------------------------------------------------------ 2. nothing pickled
