@@ -546,6 +546,8 @@ def _validate_hardware(cfg) -> None:
     _require(hw.zero_stage in (0, 1, 2, 3), "hardware.zero_stage", f"must be 0 (no DeepSpeed), 1, 2 or 3 (got {hw.zero_stage})")
     _require(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
     _require(hw.nnodes >= 1, "hardware.nnodes", "must be >= 1")
+    _require(hw.collective_timeout_s > 0, "hardware.collective_timeout_s",
+             f"must be > 0 seconds (got {hw.collective_timeout_s})")
     for kind, stage in (("optimizer", 2), ("param", 3)):
         device = hw[f"offload_{kind}"]
         require_one_of(f"hardware.offload_{kind}", device, ("none", "cpu", "nvme"))

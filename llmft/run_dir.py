@@ -249,10 +249,6 @@ class SaveOnPreemption(TrainerCallback):
         self.previous: dict = {}
         self.checkpoint: Path | None = None
 
-    @classmethod
-    def install(cls) -> "SaveOnPreemption":
-        return cls()
-
     def on_train_begin(self, args, state, control, **kwargs):
         import threading
 

@@ -148,7 +148,7 @@ def train_model(cfg, run, task, strategy, splits, tokenizer, eval_set, validatio
     objective = objective_from_config(cfg, task, model, train_set, tokenizer) if strategy.trains else None
     stopping = early_stopping(cfg, task, splits)
 
-    preemption = SaveOnPreemption.install()
+    preemption = SaveOnPreemption()  # its signal handlers are set for the training loop only
     args = training_arguments(cfg, run.checkpoints, report_to, ds_config, stopping and stopping["metric"])
     trainer = build_trainer(
         args, model, tokenizer, task, train_set,

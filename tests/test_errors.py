@@ -27,6 +27,7 @@ from conftest import assert_user_error, make_rows, run_cli, tiny_train_args, wri
         (["model=hf"], ["model.name_or_path", "required"]),
         (["logger=wandb", "logger.mode=loud"], ["logger.mode", "offline"]),
         (["hydra/launcher=slurm_nope"], ["hydra/launcher=slurm_nope"]),
+        (["hardware.collective_timeout_s=0"], ["hardware.collective_timeout_s", "> 0"]),
     ],
 )
 def test_config_errors_fail_before_anything_runs(tmp_path, overrides, expected):
