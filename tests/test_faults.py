@@ -42,7 +42,7 @@ def test_preemption_flag_is_reduced_on_the_trainers_device(monkeypatch):
     import torch
     import torch.distributed as dist
 
-    from llmft.run_dir import SaveOnPreemption
+    from llmft.runtime.run_dir import SaveOnPreemption
 
     seen = []
 

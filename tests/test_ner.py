@@ -30,7 +30,7 @@ def test_a_tagger_that_finds_no_entity_is_flagged():
     from datasets import Dataset
     from omegaconf import OmegaConf
 
-    from llmft.config import DataConfig
+    from llmft.core.config import DataConfig
     from llmft.tasks.ner import NER
 
     task = NER(OmegaConf.structured(DataConfig(name="x", task="ner")), labels=["O", "B-PER", "I-PER"])
@@ -65,7 +65,7 @@ def test_ner_run_eval_and_predict(request, tmp_path, ner_data, fixture, strategy
     from llmft.tasks.ner import entity_metrics
 
     if crf:  # Viterbi with BIO constraints: no I-X without a B-X or I-X of the same type before it
-        from llmft.crf import allowed
+        from llmft.models.crf import allowed
 
         assert (run_dir / "model" / "crf.safetensors").is_file() and (run_dir / "model" / "adapter_config.json").is_file()
         assert all(allowed(prev, tag) for r in records for prev, tag in zip([None, *r["prediction"]], r["prediction"]))
@@ -90,7 +90,7 @@ def test_viterbi_decodes_a_hand_made_example():
     0->0 = -0.5 make 0 1 1 best: 0 1 0 = 6-3 = 3, 0 1 1 = 4, 0 0 0 = 4-1 = 3, 1 1 1 = 2, 1 1 0 = 1."""
     import torch
 
-    from llmft.crf import CrfTagger, pack_words
+    from llmft.models.crf import CrfTagger, pack_words
 
     tagger = CrfTagger(torch.nn.Linear(1, 1), ["O", "B-X"])  # the encoder is not used here
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_viterbi_decodes_a_hand_made_example():
 def test_crf_forbids_bio_invalid_transitions():
     import torch
 
-    from llmft.crf import CrfTagger
+    from llmft.models.crf import CrfTagger
 
     tagger = CrfTagger(torch.nn.Linear(1, 1), ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
     # per-word scores alone say O I-PER I-PER: invalid; the decoded path must start the entity with B-PER
@@ -139,7 +139,7 @@ def test_hub_style_class_label_tags_are_read_by_name():
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
     from omegaconf import OmegaConf
 
-    from llmft.config import DataConfig
+    from llmft.core.config import DataConfig
     from llmft.tasks.ner import NER
 
     features = Features({"tokens": Sequence(Value("string")), "tags": Sequence(ClassLabel(names=["O", "B-PER", "I-PER"]))})

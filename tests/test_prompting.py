@@ -99,8 +99,8 @@ def test_zero_shot_verbalizer_picks_the_label_the_model_scores(tmp_path, echo_lm
 def test_calibration_removes_a_label_bias(tmp_path, biased_lm, cloze_data):
     import torch
 
-    from llmft.models import load_saved, read_metadata
-    from llmft.prompting import render
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.models.prompting import render
     from llmft.tasks import TASKS
 
     raw_dir, calibrated_dir = tmp_path / "raw", tmp_path / "calibrated"
@@ -185,7 +185,7 @@ def test_long_inputs_are_cut_inside_the_prompt_never_the_cue(tmp_path, echo_lm, 
     answer cue the causal LM continues) survives; the echo model still reads the cue's last word."""
     from transformers import AutoTokenizer
 
-    from llmft.prompting import fit
+    from llmft.models.prompting import fit
 
     tokenizer = AutoTokenizer.from_pretrained(echo_lm)
     template = "Review: {text} Overall it was great"
@@ -212,7 +212,7 @@ def test_long_inputs_are_cut_inside_the_prompt_never_the_cue(tmp_path, echo_lm, 
 def test_a_masked_lm_prompt_keeps_its_mask(tiny_bert):
     from transformers import AutoTokenizer
 
-    from llmft.prompting import fit
+    from llmft.models.prompting import fit
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     prompt, cut = fit("{text} it was {mask} .", " ".join(["great"] * 100), tokenizer, max_length=16)

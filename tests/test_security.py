@@ -112,8 +112,8 @@ def test_a_trained_model_holds_no_pickle(tmp_path, trained, tiny_bert, tiny_data
 def test_int8_export_is_safetensors_and_reloads_exactly(tmp_path, trained, tiny_data):
     from safetensors.torch import load_file
 
-    from llmft.models import load_saved, read_metadata
-    from llmft.precision import load_int8, to_variant
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.models.precision import load_int8, to_variant
     from llmft.tasks import TASKS
 
     out = tmp_path / "int8"
@@ -168,8 +168,8 @@ def test_a_pickled_int8_export_is_refused_unread(tmp_path, trained, tiny_data):
     proc = run_cli("eval", f"model_dir={old}", *data_args(tiny_data), f"hydra.run.dir={tmp_path / 'eval'}",
                    "print_config=false")
     assert_user_error(proc, f"model_dir={old}", "int8_model.pt", "re-export")
-    from llmft.errors import UserError
-    from llmft.precision import load_int8
+    from llmft.core.errors import UserError
+    from llmft.models.precision import load_int8
 
     with pytest.raises(UserError, match="re-export"):
         load_int8(old)

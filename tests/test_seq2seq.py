@@ -8,7 +8,7 @@ from conftest import read_jsonl, read_results, run_cli
 
 
 def test_generation_metrics_on_a_hand_made_set():
-    from llmft.generation import generation_metrics
+    from llmft.models.generation import generation_metrics
 
     m = generation_metrics(["the cat sat on the mat", "a dog"], ["the cat sat on the mat", "the dog ran"], bleu=True)
     assert m["exact_match"] == 0.5 and m["rouge1"] == pytest.approx((1.0 + 0.4) / 2)

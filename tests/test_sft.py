@@ -17,7 +17,7 @@ def test_loss_covers_the_response_only(tiny_chat_llama):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from llmft.config import DataConfig
+    from llmft.core.config import DataConfig
     from llmft.tasks.sft import SFT
 
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "x", "task": "sft", "max_length": 128})
@@ -39,8 +39,8 @@ def test_rows_without_a_target_token_are_dropped_and_counted(tiny_chat_llama):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from llmft.config import DataConfig
-    from llmft.errors import UserError
+    from llmft.core.config import DataConfig
+    from llmft.core.errors import UserError
     from llmft.tasks.sft import SFT
 
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "x", "task": "sft", "max_length": 40})

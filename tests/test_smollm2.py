@@ -32,9 +32,9 @@ def test_smollm2_sft_lowers_eval_loss_and_stops_at_eos(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from llmft.data import load_splits
-    from llmft.models import load_tokenizer
-    from llmft.paths import resolve_model_path
+    from llmft.data.files import load_splits
+    from llmft.models.loading import load_tokenizer
+    from llmft.models.loading import resolve_model_path
     from llmft.tasks.sft import SFT
 
     cfg = OmegaConf.load(run_dir / "config.yaml")

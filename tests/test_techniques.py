@@ -13,7 +13,7 @@ from conftest import LABELS, make_rows, read_jsonl, read_results, run_cli, tiny_
 
 # ----------------------------------------------------------------------------- hand-made numbers
 def test_focal_and_distillation_losses_match_hand_computation():
-    from llmft.objective import Objective, distillation_loss, focal_loss
+    from llmft.techniques.objective import Objective, distillation_loss, focal_loss
 
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     labels = torch.tensor([0, 2])
@@ -45,8 +45,8 @@ def test_focal_and_distillation_losses_match_hand_computation():
 def test_balanced_class_weights_and_cka_and_drift():
     from transformers import BertConfig, BertModel
 
-    from llmft.objective import balanced_class_weights
-    from llmft.retention import linear_cka, weight_drift
+    from llmft.techniques.objective import balanced_class_weights
+    from llmft.techniques.retention import linear_cka, weight_drift
 
     assert balanced_class_weights([0, 0, 0, 1], 2).tolist() == pytest.approx([4 / 6, 2.0])
     x = torch.randn(40, 8)
@@ -222,7 +222,7 @@ def test_export_variants_reload_and_agree(tmp_path, teacher):
         if dtype is not None:  # a plain HF folder in that dtype
             model = AutoModelForSequenceClassification.from_pretrained(tmp_path / fmt)
             assert next(model.parameters()).dtype == dtype
-    from llmft.precision import load_int8
+    from llmft.models.precision import load_int8
 
     assert load_int8(tmp_path / "int8") is not None  # the documented one-liner
     proc = run_cli("eval", f"model_dir={tmp_path / 'int8'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.base import Strategy, set_trainable
 
 WEIGHTS = "adapter_model.safetensors"
@@ -85,13 +85,14 @@ class Adapter(Strategy):
             save_file(trained, str(model_dir / WEIGHTS))
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False,
+                     **load_kwargs):
         from safetensors.torch import load_file
 
-        from llmft.models import load_model, revision_kwargs
+        from llmft.models.loading import load_model, revision_kwargs
 
         model = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
-                           **revision_kwargs(meta.get("revision")))
+                           **revision_kwargs(meta.get("revision")), **load_kwargs)
         insert_adapters(model, meta["adapter"])
         missing = set(load_file(str(model_dir / WEIGHTS))) - set(dict(model.named_parameters()))
         if missing:
@@ -102,8 +103,8 @@ class Adapter(Strategy):
 
 def insert_adapters(model, cfg: dict) -> None:
     """Wrap the output projections of every block with a Bottleneck (in place)."""
-    from llmft.anatomy import block_stack
-    from llmft.layers import BottleneckAdapter
+    from llmft.models.anatomy import block_stack
+    from llmft.models.layers import BottleneckAdapter
 
     model_type = model.config.model_type
     attention, ffn = OUTPUT_PROJECTIONS.get(model_type, (None, None))

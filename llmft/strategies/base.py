@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError
-from llmft.registry import Registry
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError
+from llmft.core.registry import Registry
 
 STRATEGIES = Registry("llmft.strategies", key="strategy")
 
@@ -87,18 +87,20 @@ class Strategy:
         trainer.save_model(str(model_dir))  # full model, or PEFT adapter for a PeftModel
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False,
+                     **load_kwargs):
         """The saved model, ready to predict: a full HF folder or a PEFT adapter on its base (at the
-        revision it trained on). ``trust_remote_code``: the command line's, never llmft.json's."""
-        from llmft.models import load_model, revision_kwargs
+        revision it trained on). ``trust_remote_code``: the command line's, never llmft.json's;
+        ``load_kwargs`` go to every ``from_pretrained`` (``device_map`` for eval/predict)."""
+        from llmft.models.loading import load_model, revision_kwargs
 
         if (model_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
             base = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
-                              **revision_kwargs(meta.get("revision")), **cls.base_load_kwargs(meta))
+                              **revision_kwargs(meta.get("revision")), **cls.base_load_kwargs(meta), **load_kwargs)
             return PeftModel.from_pretrained(base, str(model_dir))
-        return load_model(str(model_dir), task, tokenizer, trust_remote_code)
+        return load_model(str(model_dir), task, tokenizer, trust_remote_code, **load_kwargs)
 
     @classmethod
     def base_load_kwargs(cls, meta: dict) -> dict:
@@ -106,8 +108,8 @@ class Strategy:
 
 
 def set_trainable(model, keep: Callable[[str, object], bool]) -> None:
-    """requires_grad = keep(name, part) for every parameter (part: llmft.anatomy.Part)."""
-    from llmft.anatomy import parts
+    """requires_grad = keep(name, part) for every parameter (part: llmft.models.anatomy.Part)."""
+    from llmft.models.anatomy import parts
 
     params = dict(model.named_parameters())
     for name, part in parts(model).items():
@@ -129,7 +131,7 @@ class PeftStrategy(Strategy):
         """The Trainer saves the adapter with its real tensors under ZeRO-3 too. Prompt learning
         is saved by hand there: PEFT runs the prompt encoder on rank 0 alone at save time, which
         under ZeRO-3 waits forever for the other ranks; here every rank runs it, gathered."""
-        from llmft.distributed import zero3_enabled
+        from llmft.runtime.distributed import zero3_enabled
 
         encoder = getattr(trainer.model, "prompt_encoder", None)
         if encoder is None or not zero3_enabled(trainer):

@@ -1,7 +1,7 @@
 """BitFit: only the bias terms (and the task head) train."""
 from dataclasses import dataclass
 
-from llmft.config import StrategyConfig
+from llmft.core.config import StrategyConfig
 from llmft.strategies.base import Strategy, set_trainable
 
 

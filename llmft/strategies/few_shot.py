@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import List
 
-from llmft.errors import UserError
+from llmft.core.errors import UserError
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
 
@@ -31,8 +31,8 @@ class FewShot(ZeroShot):
             raise UserError("strategy.k must be >= 1 and strategy.seeds a non-empty list")
 
     def prepare_data(self, splits: dict, tokenizer) -> dict:
-        from llmft.paths import resolve_model_path
-        from llmft.prompting import text_budget
+        from llmft.models.loading import resolve_model_path
+        from llmft.models.prompting import text_budget
 
         self.raw = splits  # demonstrations come from the raw train split, per seed
         self.tokenizer = tokenizer
@@ -51,7 +51,7 @@ class FewShot(ZeroShot):
         return self.demonstrations(self.seed) + self.cfg.separator + self.cfg_prompt().template
 
     def demonstrations(self, seed: int) -> str:
-        from llmft.prompting import render
+        from llmft.models.prompting import render
 
         prompt, train = self.cfg_prompt(), self.raw["train"]
         column = self.run_cfg.data.text_column
@@ -78,7 +78,7 @@ class FewShot(ZeroShot):
         self.calibration = None  # per seed, in evaluate
 
     def evaluate(self, trainer, eval_set, raw_eval, generate_cfg):
-        from llmft.prompting import calibrate
+        from llmft.models.prompting import calibrate
 
         per_seed, first_records = [], None
         for seed in self.cfg.seeds:

@@ -6,8 +6,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError
 from llmft.strategies.base import Strategy, set_trainable
 
 
@@ -30,7 +30,7 @@ class Freeze(Strategy):
             raise UserError(f"strategy.trainable_layers must be >= 0 (got {run_cfg.strategy.trainable_layers})")
 
     def apply(self, model):
-        from llmft.anatomy import num_blocks
+        from llmft.models.anatomy import num_blocks
 
         k, patterns = self.cfg.trainable_layers, self.cfg.trainable_patterns
         if patterns is None and k > num_blocks(model):

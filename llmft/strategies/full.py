@@ -1,7 +1,7 @@
 """Full fine-tuning: every parameter trains. The default when no strategy is given."""
 from dataclasses import dataclass
 
-from llmft.config import StrategyConfig
+from llmft.core.config import StrategyConfig
 from llmft.strategies.base import Strategy
 
 

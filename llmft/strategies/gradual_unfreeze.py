@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.base import Strategy, set_trainable
 from llmft.strategies.llrd import depth_groups
 
@@ -78,7 +78,7 @@ class Unfreezer:
         """Stage s: head, top and the s top-most blocks (the embeddings after every block) train."""
         if stage == self.stage:
             return
-        from llmft.anatomy import num_blocks
+        from llmft.models.anatomy import num_blocks
 
         blocks = num_blocks(model)
         set_trainable(model, lambda name, part: part.kind in ("head", "top")

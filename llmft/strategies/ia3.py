@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llmft.config import StrategyConfig
+from llmft.core.config import StrategyConfig
 from llmft.strategies.base import PeftStrategy
 from llmft.strategies.lora import target_modules
 

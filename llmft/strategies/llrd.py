@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError
 from llmft.strategies.base import Strategy
 
 
@@ -34,7 +34,7 @@ class LLRD(Strategy):
 
 def depth_groups(model, lr_scale) -> list[dict]:
     """One optimizer group per part of the model (embeddings, each block, top, head)."""
-    from llmft.anatomy import parts
+    from llmft.models.anatomy import parts
 
     groups: dict[str, dict] = {}
     for name, part in parts(model).items():

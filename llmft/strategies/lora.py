@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.base import PeftStrategy
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from llmft.errors import UserError, require_one_of
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.base import peft_target_error
 from llmft.strategies.lora import target_modules
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig

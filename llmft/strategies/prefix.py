@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError
 from llmft.strategies.base import PeftStrategy
 
 

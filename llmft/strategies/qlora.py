@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from llmft.errors import UserError, require_one_of
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.lora import LoRA, LoraStrategyConfig
 
 

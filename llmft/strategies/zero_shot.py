@@ -8,8 +8,8 @@ from pathlib import Path
 
 import logging
 
-from llmft.config import StrategyConfig
-from llmft.errors import UserError
+from llmft.core.config import StrategyConfig
+from llmft.core.errors import UserError
 from llmft.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,15 @@ class ZeroShot(Strategy):
 
     # ------------------------------------------------------------------ run
     def model_class(self, path: str) -> str:
-        from llmft.prompting import lm_kind
+        from llmft.models.prompting import lm_kind
 
         self.kind = lm_kind(path, self.run_cfg.model.trust_remote_code, self.run_cfg.model.revision)
         return LM_CLASSES[self.kind]
 
     def prepare_data(self, splits: dict, tokenizer) -> dict:
         """Runs before the model loads: a prompt that cannot fit data.max_length fails here."""
-        from llmft.paths import resolve_model_path
-        from llmft.prompting import check_prompt
+        from llmft.models.loading import resolve_model_path
+        from llmft.models.prompting import check_prompt
 
         if not hasattr(self, "kind"):
             self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
@@ -64,13 +64,13 @@ class ZeroShot(Strategy):
 
     def classifier(self, lm):
         """The LM as a classifier over the verbalizer's label words."""
-        from llmft.prompting import label_token_ids, prompt_classifier
+        from llmft.models.prompting import label_token_ids, prompt_classifier
 
         ids = label_token_ids(self.cfg_prompt().verbalizer, self.task.labels, self.tokenizer)
         return prompt_classifier(lm, ids, self.kind, self.tokenizer.mask_token_id)
 
     def before_eval(self, trainer) -> None:
-        from llmft.prompting import calibrate
+        from llmft.models.prompting import calibrate
 
         self.calibration = None
         if self.cfg.calibrate:
@@ -98,8 +98,8 @@ class ZeroShot(Strategy):
     @classmethod
     def render_splits(cls, splits: dict, tokenizer, meta: dict, counts: dict | None = None) -> dict:
         """Each split's inputs rendered into prompts that fit max_length (only {text} is cut;
-        llmft.prompting.fit); how many were cut per split goes into ``counts``."""
-        from llmft.prompting import fit, text_budget
+        llmft.models.prompting.fit); how many were cut per split goes into ``counts``."""
+        from llmft.models.prompting import fit, text_budget
 
         if meta["lm_kind"] == "causal":
             tokenizer.padding_side = "left"  # the scored position is the last one
@@ -134,16 +134,17 @@ class ZeroShot(Strategy):
         return cls.render_splits(splits, tokenizer, meta)
 
     @classmethod
-    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False):
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False,
+                     **load_kwargs):
         import torch
 
-        from llmft.models import load_model, revision_kwargs
-        from llmft.prompting import label_token_ids, prompt_classifier
+        from llmft.models.loading import load_model, revision_kwargs
+        from llmft.models.prompting import label_token_ids, prompt_classifier
 
         own = (model_dir / "config.json").is_file()
         source = str(model_dir) if own else meta["base_model"]
         lm = load_model(source, task, tokenizer, trust_remote_code, LM_CLASSES[meta["lm_kind"]],
-                        **({} if own else revision_kwargs(meta.get("revision"))))
+                        **({} if own else revision_kwargs(meta.get("revision"))), **load_kwargs)
         if (model_dir / "adapter_config.json").is_file():  # PET trained a LoRA / DoRA adapter
             from peft import PeftModel
 

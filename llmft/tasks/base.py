@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llmft.registry import Registry
+from llmft.core.registry import Registry
 
 TASKS = Registry("llmft.tasks", key="data.task")
 
@@ -26,6 +26,8 @@ class Task:
     # metrics computed during training (early stopping) from logits + labels, besides "loss"
     loop_metric_names: ClassVar[tuple[str, ...]] = ()
     stratify_column: ClassVar[str | None] = None  # column to stratify seeded splits on
+    # file suffix -> a layout of llmft/data/formats.py that files of this task use (QA: SQuAD JSON)
+    file_layouts: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,6 +101,15 @@ class Task:
         """The Trainer's compute_metrics: scalar metrics from (logits, labels) of one evaluation."""
         raise NotImplementedError
 
+    def wrap(self, model, param_groups: list[dict] | None, model_cfg) -> tuple:
+        """The task's optional part over the strategy's model (NER: ``model.crf``), with the
+        optimizer groups that go with it; unchanged when the option is off."""
+        return model, param_groups
+
+    def wrap_saved(self, model, model_dir, meta: dict):
+        """The same part over a saved model, loaded from model/."""
+        return model
+
     def metadata(self) -> dict:
         """Saved next to the model (model/llmft.json) so eval can rebuild the task."""
         return {"task": self.name, **({"labels": self.labels} if self.labels else {})}
@@ -113,7 +124,7 @@ def check_finite(outputs) -> None:
     import numpy as np
 
     if not np.isfinite(np.asarray(outputs, dtype=np.float64)).all():
-        from llmft.errors import UserError
+        from llmft.core.errors import UserError
 
         raise UserError("the model's outputs on the eval split are nan/inf: its weights are broken "
                         "(a diverged or badly converted model); nothing was reported")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llmft.errors import UserError
+from llmft.core.errors import UserError
 from llmft.tasks.base import Task
 
 LABEL_COLUMN = "labels"  # the column name HF models read the targets from

@@ -7,7 +7,8 @@ sub-word of each word carries the word's tag, the rest are ignored in the loss a
 """
 from __future__ import annotations
 
-from llmft.errors import UserError
+from llmft.core.errors import UserError
+from llmft.data.formats import check_bio
 from llmft.tasks.base import Task, check_finite
 
 LABELS = "labels"
@@ -120,6 +121,21 @@ class NER(Task):
             return [f"tags every token O: no entity found in {len(records)} eval sentences (entity F1 0)"]
         return ["entity F1 is 0: no predicted entity matches a gold one"] if metrics.get("f1") == 0 else []
 
+    def wrap(self, model, param_groups, model_cfg) -> tuple:
+        if not model_cfg.crf:
+            return model, param_groups
+        from llmft.models.crf import CrfTagger
+
+        tagger = CrfTagger(model, self.labels, model_cfg.crf_lr_scale)
+        return tagger, tagger.param_groups(param_groups)
+
+    def wrap_saved(self, model, model_dir, meta: dict):
+        if not meta.get("crf"):
+            return model
+        from llmft.models.crf import CrfTagger
+
+        return CrfTagger(model, self.labels).load_crf(model_dir)
+
     def loop_metrics(self, eval_pred) -> dict:
         gold, predicted = self.tag_sequences(eval_pred.predictions.argmax(-1), eval_pred.label_ids)
         metrics = entity_metrics(gold, predicted)
@@ -153,11 +169,6 @@ class NER(Task):
         return out
 
 
-def check_bio(tag: str, where: str) -> None:
-    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
-        raise UserError(f"{where}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
-
-
 def first_subword_labels(word_ids: list, tags: list[int]) -> list[int]:
     labels, previous = [], None
     for word in word_ids:
@@ -182,26 +193,3 @@ def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
         "per_type": per_type,
     }
 
-
-def read_conll(path) -> dict:
-    """A CoNLL-style file -> {"tokens": [[...]], "tags": [[...]]}; datasets has no builder for
-    local CoNLL files. The tag is the last whitespace-separated field; -DOCSTART- lines are skipped."""
-    sentences, tokens, tags = {"tokens": [], "tags": []}, [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields or fields[0] == "-DOCSTART-":
-                if tokens:
-                    sentences["tokens"].append(tokens)
-                    sentences["tags"].append(tags)
-                    tokens, tags = [], []
-                continue
-            if len(fields) < 2:
-                raise UserError(f"{path}: line {number}: expected 'token tag', got {line.strip()!r}")
-            check_bio(fields[-1], f"{path}: line {number}")
-            tokens.append(fields[0])
-            tags.append(fields[-1])
-    if tokens:
-        sentences["tokens"].append(tokens)
-        sentences["tags"].append(tags)
-    return sentences

@@ -10,11 +10,10 @@ all windows of an example. Metrics: exact match and token F1 with SQuAD's answer
 from __future__ import annotations
 
 import collections
-import json
 import re
 import string
 
-from llmft.errors import UserError
+from llmft.core.errors import UserError
 from llmft.tasks.base import Task
 
 
@@ -23,6 +22,7 @@ class QA(Task):
     auto_model = "AutoModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"
     primary_metric = "f1"
+    file_layouts = {".json": "squad"}  # a .json file is SQuAD's nested JSON (.jsonl: one row a line)
 
     def input_columns(self) -> list[str]:
         return ["question", "context"]
@@ -140,20 +140,6 @@ def span_positions(offsets, sequence_ids, context_index, answers) -> tuple[int, 
     end = next(k for k in range(last, first - 1, -1) if offsets[k][0] < end_char)
     return start, end
 
-
-def read_squad(path) -> dict:
-    """SQuAD's nested JSON -> flat columns (id, question, context, answers)."""
-    data = json.loads(open(path, encoding="utf-8").read())["data"]
-    rows = {"id": [], "question": [], "context": [], "answers": []}
-    for article in data:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows["id"].append(str(qa["id"]))
-                rows["question"].append(qa["question"])
-                rows["context"].append(paragraph["context"])
-                rows["answers"].append({"text": [a["text"] for a in qa.get("answers", [])],
-                                        "answer_start": [a["answer_start"] for a in qa.get("answers", [])]})
-    return rows
 
 
 def normalize_answer(text: str) -> str:

@@ -5,8 +5,8 @@ Loss on the target; evaluation: loss, then generation for the eval sources score
 """
 from __future__ import annotations
 
-from llmft.errors import UserError
-from llmft.generation import generate, generation_metrics
+from llmft.core.errors import UserError
+from llmft.models.generation import generate, generation_metrics
 from llmft.tasks.base import Task
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 
-from llmft.errors import UserError
-from llmft.generation import generate, generation_metrics
+from llmft.core.errors import UserError
+from llmft.models.generation import generate, generation_metrics
 from llmft.tasks.base import Task
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,106 @@
+"""model/: what a training run leaves, and how every command loads it back.
+
+``model/`` is always a standard folder: a full HF model (config + safetensors + tokenizer) or a
+PEFT adapter (adapter_config.json + adapter_model.safetensors + tokenizer), plus ``llmft.json``
+(task, labels, strategy, base model and its revision) so ``llmft eval`` can rebuild the task
+without the run; a model wrapper (CRF tagger, multi-task heads) saves its encoder that way and its
+own parts beside it. No pickle is left in it (the Trainer's ``training_args.bin`` is removed).
+
+``trust_remote_code`` is passed down from the command's own config, never read from llmft.json
+(a folder whose llmft.json says it was trained with it is refused without it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmft.core.errors import UserError
+from llmft.models.loading import load_tokenizer
+from llmft.models.layers import Wrapper
+from llmft.strategies import strategy_class
+
+META_FILE = "llmft.json"
+# pickles the HF Trainer writes beside the model (its TrainingArguments); unpickling runs code
+TRAINER_PICKLES = ("training_args.bin",)
+
+
+def require_trust(meta: dict, trusted: bool, key: str, folder, flag: str = "trust_remote_code") -> None:
+    """A model trained with trust_remote_code runs its code again only if this command line asks."""
+    if meta.get("trust_remote_code") and not trusted:
+        raise UserError(f"{key}: this model was trained with trust_remote_code=true and its code runs only if "
+                        f"you ask: add {flag}=true (read the code in {folder} first)")
+
+
+def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> None:
+    """Save as the strategy says (by default through the Trainer, which handles PEFT and
+    distributed saving), then the tokenizer and the metadata. A wrapper (CRF tagger, multi-task
+    heads) saves its encoder that way and its own parts beside it.
+
+    Everything goes to a temp folder first, renamed to ``model_dir`` once whole (llmft.json
+    last): a model/ that exists is complete, and no file of an earlier model survives in it."""
+    import shutil
+
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)  # a save killed half-way
+    _wait_for_all(trainer)
+    wrapper = trainer.model if isinstance(trainer.model, Wrapper) else None  # CRF tagger, multi-task
+    if wrapper is not None:
+        trainer.model = wrapper.encoder
+    try:
+        strategy.save(trainer, tmp)
+    finally:
+        if wrapper is not None:
+            trainer.model = wrapper
+    if trainer.is_world_process_zero():
+        if wrapper is not None:
+            wrapper.save_extra(tmp)
+        tokenizer.save_pretrained(str(tmp))
+        drop_trainer_pickles(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        old = model_dir.with_name(f".{model_dir.name}.old")
+        if model_dir.exists():  # the same config's model (another config's was moved aside at start)
+            shutil.rmtree(old, ignore_errors=True)
+            model_dir.rename(old)
+        tmp.rename(model_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    _wait_for_all(trainer)
+
+
+def drop_trainer_pickles(folder: Path) -> None:
+    """model/ holds no pickle: the Trainer's TrainingArguments (training_args.bin) would run code
+    when loaded, and the run's config.yaml already records every setting."""
+    for name in TRAINER_PICKLES:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _wait_for_all(trainer) -> None:
+    """A barrier across ranks (a no-op in a single process)."""
+    trainer.accelerator.wait_for_everyone()
+
+
+def read_metadata(model_dir: Path) -> dict:
+    meta_path = model_dir / META_FILE
+    if not model_dir.is_dir():
+        raise UserError(f"model_dir={model_dir}: no such folder")
+    if not meta_path.is_file():
+        raise UserError(f"model_dir={model_dir}: no {META_FILE}; point model_dir at a run's model/ folder")
+    return json.loads(meta_path.read_text())
+
+
+def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None, trust_remote_code: bool = False):
+    """A saved run's model and tokenizer, ready to predict; the strategy knows its format.
+    ``device_map="auto"`` spreads the layers of a model too large for one device over all of them.
+    ``trust_remote_code`` comes from the command line, never from the folder's llmft.json."""
+    require_trust(meta, trust_remote_code, f"model_dir={model_dir}", model_dir)
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    if meta.get("format") == "int8":  # llmft export format=int8
+        from llmft.models.precision import load_int8
+
+        model = load_int8(model_dir)
+    else:
+        placement = {"device_map": device_map} if device_map else {}
+        model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer,
+                                                                          trust_remote_code, **placement)
+    model = task.wrap_saved(model, model_dir, meta)  # e.g. NER's CRF over the token scores
+    return model.eval(), tokenizer

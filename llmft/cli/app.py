@@ -1,0 +1,293 @@
+"""Hydra integration: find the config tree, check overrides up front, run the command.
+
+Before Hydra starts a run (or a sweep, or a SLURM submission), every combination of the given
+overrides is composed and validated once with Hydra's compose API, so a wrong key, type, value
+or group option fails in one line with exit code 2 and no run folder is created.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from llmft.core.errors import EXIT_USER_ERROR, UserError
+from llmft.runtime.run_lock import check_unlocked, is_lock_holder, run_lock
+
+MODULES = {"train": "llmft.commands.train", "eval": "llmft.commands.evaluate", "predict": "llmft.commands.predict", "export": "llmft.commands.export",
+           "bench-infer": "llmft.commands.bench_infer", "distill": "llmft.commands.train"}  # each has main(cfg, run_path)
+# `llmft distill` is a training run (config train.yaml) whose model learns from a teacher
+CONFIG_NAMES = {"distill": "train"}
+# Hydra flags that take a value (the next argument is not an override).
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+_PLUGIN_HINTS = {
+    "hydra/launcher": " (SLURM: pip install 'llmft[slurm]')",
+    "hydra/sweeper": " (Optuna: pip install 'llmft[sweep]')",
+}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def config_dir() -> str:
+    """The Hydra tree: packaged inside the wheel as llmft/configs, or ./configs in a checkout."""
+    here = Path(__file__).resolve().parents[1]  # llmft/
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"llmft's configs/ folder is missing next to {here}; reinstall llmft")
+
+
+def fail(err: UserError) -> None:
+    print(f"llmft: error: {err}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def run(command: str, args: list[str]) -> int:
+    from llmft.cli.validate import register_configs
+
+    if "LOCAL_RANK" in os.environ:  # a rank: it dies with the llmft that spawned it
+        from llmft.runtime.distributed import die_with_spawner
+
+        die_with_spawner()
+    register_configs()
+    if not any(a in _INFO_FLAGS for a in args):
+        try:
+            preflight(command, overrides_of(args), sweep="-m" in args or "--multirun" in args)
+        except UserError as err:
+            fail(err)
+
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAMES.get(command, command))
+    def entry(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        from llmft.runtime.run_dir import Preempted
+
+        hydra_cfg = HydraConfig.get()
+        try:
+            cfg = prepare_config(command, cfg, list(hydra_cfg.overrides.task))
+            from llmft.cli.validate import validate
+
+            validate(cfg)
+            run_dir = hydra_cfg.runtime.output_dir
+            with run_lock(run_dir):  # one llmft writes a run folder at a time
+                if command in ("train", "distill"):
+                    return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
+                                 str(hydra_cfg.mode) == "RunMode.MULTIRUN")
+                return importlib.import_module(MODULES[command]).main(cfg, run_dir)
+        except UserError as err:
+            fail(err)
+        except Preempted as err:  # a checkpoint is saved: the rerun (or the requeued job) resumes
+            print(f"llmft: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")) > 0:
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # rank 0 writes the folder
+    sys.argv = [f"llmft-{command}", *args]
+    entry()
+    return 0
+
+
+def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) -> float | None:
+    """One training run: in this process, as a rank of a process group (joined from SLURM), or by
+    spawning this node's ranks. Returns the primary metric (what an Optuna sweep maximizes).
+
+    In a sweep, a point whose folder already holds a completed run of the same config (the same
+    fingerprint) is not run again; one of other values is run (the old one is moved aside)."""
+    from llmft.runtime import distributed
+    from llmft.runtime.run_dir import fingerprint, read_results
+
+    done = read_results(run_dir)
+    if sweep and done is not None and str(cfg.train.resume).lower() != "never":
+        if done.get("fingerprint") == fingerprint(cfg)["fingerprint"]:
+            print(f"llmft: {run_dir} is complete; skipped (train.resume=never reruns it)", file=sys.stderr)
+            return primary(done)
+        print(f"llmft: {run_dir} holds a completed run of other values; running this point "
+              f"(the old run moves to {run_dir}/replaced)", file=sys.stderr)
+    if distributed.needs_ranks(cfg.hardware) and not distributed.is_launched():
+        if distributed.slurm_mode(cfg.hardware) == "join":
+            distributed.join_slurm(cfg.hardware)
+        else:
+            distributed.spawn(command, overrides, run_dir, cfg.hardware)
+            return primary(read_results(run_dir))
+    if distributed.is_launched():
+        distributed.set_rank_env(cfg.hardware)
+    from llmft.runtime.run_dir import Preempted
+
+    try:
+        results = importlib.import_module(MODULES["train"]).main(cfg, run_dir)
+    except Preempted:
+        distributed.leave()  # every rank stopped at the same step: close the group before exiting
+        raise
+    distributed.leave()  # after success only: a failed rank must not wait for the others at a barrier
+    return primary(results)
+
+
+def primary(results: dict | None) -> float | None:
+    """The value a sweep selects on: the primary metric on the validation split (never on "eval",
+    the held-out split the run reports)."""
+    if not results or results.get("status") != "completed" or not results.get("validation"):
+        return None
+    value = results["validation"].get(results.get("primary_metric"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def check_search(cfg) -> None:
+    """An optimizing sweeper selects on the validation split: refuse a config that has none."""
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    if "optuna" not in sweeper.lower() or "data" not in cfg:
+        return
+    d = cfg.data
+    if d.validation_fraction == 0 and not d.validation_file and d.source == "files":
+        raise UserError("hparams_search: selects on the validation split and this data config has none; "
+                        "set data.validation_fraction=0.1 (carved from train) or data.validation_file=PATH")
+
+
+def overrides_of(args: list[str]) -> list[str]:
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUE_FLAGS
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
+    """Compose and validate every sweep value once; raise UserError on the first problem (a run
+    folder in use by another llmft included, before Hydra writes into it)."""
+    from hydra import compose, initialize_config_dir
+
+    from llmft.cli.validate import validate
+
+    from omegaconf import open_dict
+
+    for combo in _combinations(overrides):
+        with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
+            try:
+                cfg = compose(CONFIG_NAMES.get(command, command), overrides=combo, return_hydra_config=True)
+                launcher = cfg.hydra.launcher
+                check_launcher(launcher)
+                check_search(cfg)
+                if not sweep and is_lock_holder(cfg.hydra.run.dir):
+                    check_unlocked(cfg.hydra.run.dir)
+            except UserError:
+                raise
+            except Exception as err:  # Hydra's and OmegaConf's composition errors
+                raise UserError(explain(err)) from None
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(prepare_config(command, cfg, combo))
+
+
+def check_launcher(launcher) -> None:
+    """A SLURM launcher's settings against the cluster, before anything is submitted."""
+    import shutil
+    import subprocess
+
+    if "Slurm" not in str(launcher.get("_target_", "")):
+        return
+    if shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm: sbatch is not on PATH; run on a SLURM login node "
+                        "(or start a local cluster: scripts/slurm_local.sh start)")
+    partition = launcher.get("partition")
+    if partition:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+        known = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
+        if out.returncode == 0 and partition not in known:
+            raise UserError(f"hydra.launcher.partition={partition}: no such partition; available: {', '.join(known)}")
+    if launcher.get("tasks_per_node", 1) < 1 or launcher.get("nodes", 1) < 1:
+        raise UserError("hydra.launcher.tasks_per_node and nodes must be >= 1")
+
+
+def prepare_config(command: str, cfg, overrides: list[str]):
+    """Command-specific completion of the composed config (eval: the run's own data config)."""
+    if command in ("eval", "predict", "export", "bench-infer"):
+        return use_run_data(cfg, overrides, cfg.model_dir)
+    if command == "distill":  # the teacher's data, unless data=... says otherwise
+        from llmft.techniques.objective import teacher_dir
+
+        if not cfg.train.distill.teacher:
+            raise UserError("llmft distill needs teacher=RUN/model (the model to learn from)")
+        return use_run_data(cfg, overrides, str(teacher_dir(cfg.train.distill.teacher)))
+    return cfg
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """The first value of every sweep, then each other value of each sweep in turn."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise UserError(explain(err)) from None
+    choices = []
+    for override, text in zip(parsed, overrides):
+        key = text.split("=", 1)[0]
+        if not override.is_sweep_override():
+            choices.append([text])
+        elif isinstance(override.value(), Glob):  # experiment=glob(*): the group's options
+            group = Path(config_dir()) / override.key_or_group
+            names = sorted(p.stem for p in group.glob("*.yaml"))
+            choices.append([f"{key}={v}" for v in override.value().filter(names)])
+        elif override.is_discrete_sweep():
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:  # interval(...) for an optimizing sweeper: any value in it has the same type
+            choices.append([])
+    first = [c[0] for c in choices if c]
+    combos = [first]
+    for i, options in enumerate(choices):
+        for option in options[1:]:
+            combos.append([option if j == i else c[0] for j, c in enumerate(choices) if c])
+    return combos
+
+
+def explain(err: Exception) -> str:
+    """One line from a Hydra/OmegaConf error: the key, what is wrong, the options or the fix."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group = (err.missing_cfg_file or "").rsplit("/", 1)
+        name = group[-1]
+        group_name = group[0] if len(group) > 1 else "config"
+        options = sorted(o for o in err.options if not o.endswith("_schema"))
+        hint = _PLUGIN_HINTS.get(group_name, "")
+        return f"{group_name}={name}: no such option; available: {', '.join(options)}{hint}"
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    full_key = getattr(cause, "full_key", None)
+    message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if full_key:
+        if "not in" in message or "not found" in message:
+            parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the config"
+            return f"{full_key}: no such key in {parent} (check the spelling; `llmft train --cfg job` shows every key)"
+        return f"{full_key}: {message}"
+    return " ".join(str(err).split())[:300]
+
+
+def use_run_data(cfg, overrides: list[str], model_dir: str):
+    """The data config the run of ``model_dir`` trained with, plus any ``data.KEY=VALUE`` from the
+    command line. ``data=NAME`` on the command line means another data set: the composed one is kept.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    run_config = Path(model_dir) / ".." / "config.yaml"
+    meta_file = Path(model_dir) / "llmft.json"
+    if not run_config.is_file() and meta_file.is_file():  # an export elsewhere: its source's run
+        source = json.loads(meta_file.read_text()).get("source")
+        run_config = Path(source) / ".." / "config.yaml" if source else run_config
+    if any(o.lstrip("+~").startswith("data=") for o in overrides) or not run_config.is_file():
+        return cfg
+    trained = OmegaConf.load(run_config)
+    if "data" not in trained:
+        return cfg
+    keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("data.")]
+    with open_dict(cfg):
+        cfg.data = OmegaConf.merge(cfg.data, trained.data, OmegaConf.from_dotlist(keys).get("data", {}))
+    return cfg

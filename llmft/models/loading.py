@@ -1,0 +1,119 @@
+"""Load a backbone + tokenizer from a model reference (a folder, a hub id, ``pkg:`` or ``gguf:``).
+
+Code shipped with a model (``auto_map`` in its config) runs only when the command line asks:
+``trust_remote_code`` is passed down from the command's own config. Saving a trained model and
+loading it back (model/) is llmft/artifacts.py.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmft.core.errors import UserError
+from llmft.core.paths import PKG_PREFIX, resolve_path
+
+log = logging.getLogger(__name__)
+
+
+
+def revision_kwargs(revision: str | None) -> dict:
+    """``revision=`` for from_pretrained, only when one is set (a hub branch, tag or commit)."""
+    return {"revision": revision} if revision else {}
+
+
+def custom_code_error(err: ValueError, path: str) -> UserError | None:
+    """transformers' refusal to run a folder's own code (auto_map, no trust) as one line; None for
+    any other ValueError."""
+    if "trust_remote_code" not in str(err):
+        return None
+    return UserError(f"model.name_or_path={path}: this model ships its own code (auto_map in its config) that "
+                     f"runs only if you ask: add model.trust_remote_code=true (read the code in {path} first)")
+
+
+def resolve_model_path(spec: str, key: str = "model.name_or_path") -> str:
+    """A model reference for ``from_pretrained``: a local folder, or a hub id left as it is."""
+    if spec.startswith("gguf:"):
+        from llmft.models.gguf import converted_folder
+
+        return converted_folder(spec, key)
+    if spec.startswith(PKG_PREFIX):
+        path = resolve_path(spec, key)
+        if not path.is_dir():
+            raise UserError(f"{key}={spec}: no folder at {path}")
+        return str(path)
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise UserError(f"{key}={spec}: no model folder there")
+        return str(path)
+    return spec  # a hub id such as "bert-base-uncased": works wherever a hub is reachable
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, pad_token_fallback: str = "eos",
+                   revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **revision_kwargs(revision))
+    except OSError as err:
+        raise UserError(f"model.name_or_path={path}: cannot load a tokenizer ({_first_line(err)})") from None
+    except ValueError as err:
+        custom = custom_code_error(err, path)
+        if custom is None:
+            raise
+        raise custom from None
+    if tokenizer.pad_token is None and pad_token_fallback == "eos" and tokenizer.eos_token:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without a pad token
+    return tokenizer
+
+
+def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto_class: str | None = None,
+               **load_kwargs):
+    """``auto_class`` (e.g. AutoModelForCausalLM for prompting) replaces the task's head."""
+    import transformers
+
+    auto = getattr(transformers, auto_class or task.auto_model)
+    head_kwargs = task.model_kwargs() if auto_class is None else {}
+    try:
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
+    except OSError as err:
+        raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
+    except ValueError as err:
+        custom = custom_code_error(err, path)
+        if custom is not None:
+            raise custom from None
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        kind = (auto_class or task.auto_model).removeprefix("AutoModelFor")
+        raise UserError(f"model.name_or_path={path}: this architecture has no {kind} head, which data.task="
+                        f"{task.name} needs; pick a model that has one") from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # e.g. Llama heads find the last token by it
+    return model
+
+
+def load_backbone_tokenizer(model_cfg):
+    """The tokenizer of a model config (loaded before the model, so data checks that need it
+    fail before the weights load)."""
+    path = resolve_model_path(model_cfg.name_or_path)
+    return load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback, model_cfg.revision)
+
+
+def load_backbone(model_cfg, task, strategy, tokenizer):
+    """The model of a model config (the start of a training run), loaded the way the strategy
+    needs (its Auto class, quantization)."""
+    path = resolve_model_path(model_cfg.name_or_path)
+    return load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
+                      **revision_kwargs(model_cfg.revision), **strategy.model_load_kwargs())
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 4)}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

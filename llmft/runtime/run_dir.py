@@ -1,0 +1,346 @@
+"""The run folder: every run leaves one that describes itself.
+
+    config.yaml         the resolved config (Hydra's own composed config is in .hydra/)
+    metrics.jsonl       one line per logged training step, whatever the logger
+    predictions.jsonl   one line per eval example: input, gold label, prediction
+    deepspeed.json      the DeepSpeed config the hardware group rendered (ZeRO runs)
+    results.json        eval metrics, baseline, train figures, parameter counts; written last,
+                        atomically: a run without it did not complete
+    model/              the trained model or adapter (see models.py); written to a temp folder
+                        and renamed, so a model/ that exists is complete
+    checkpoints/        checkpoint-N every train.save_steps (a rerun in this folder resumes
+                        from the newest complete one)
+    replaced/<time>/    what an earlier run of another config left here (train.resume=never, or
+                        a rerun with other values): moved aside, never deleted
+    .llmft.lock         held while a run writes here (a second run into the folder is refused)
+
+Every run is identified by its config fingerprint (``fingerprint``): results.json, model/llmft.json
+and each checkpoint's marker carry it, so a rerun resumes, skips or re-evaluates only what the
+same config produced.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from llmft.core.errors import UserError
+
+RESULTS = "results.json"
+CHECKPOINT_DONE = ".complete"
+# Keys that change how a run is watched or saved, not what it computes (a resume may change them).
+NOT_FINGERPRINTED = ("print_config", "logger", "train.resume", "train.save_steps", "train.save_total_limit",
+                     "train.logging_steps", "hardware.dataloader_workers", "hardware.master_port",
+                     "hardware.collective_timeout_s")
+# What a run leaves in its folder (set aside as a whole when another config takes the folder over).
+ARTIFACTS = (RESULTS, "predictions.jsonl", "metrics.jsonl", "config.yaml", "deepspeed.json", "model",
+             "checkpoints", "retention.png", "wandb_run_id")
+
+
+def fingerprint(cfg) -> dict:
+    """{"fingerprint": 16 hex digits, "config": {dotted key: value}} of everything that changes
+    what a run computes (secrets shown as their interpolation; see redact.py)."""
+    from llmft.core.redact import redacted
+
+    flat = {k: v for k, v in _flatten(redacted(cfg)).items()
+            if not any(k == n or k.startswith(n + ".") for n in NOT_FINGERPRINTED)}
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"fingerprint": digest, "config": flat}
+
+
+def config_difference(saved: dict, current: dict, limit: int = 4) -> str:
+    """'train.lr 0.0001 -> 0.0003, ...' for the keys that differ between two fingerprints' configs."""
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    text = ", ".join(f"{k} {saved.get(k)} -> {current.get(k)}" for k in keys[:limit])
+    return text + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "") if keys else "unknown keys"
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fingerprint: str | None = None
+        self.model_dir = self.path / "model"
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.results_file = self.path / RESULTS
+
+    def start(self, cfg, resume_step: int = 0, deepspeed: dict | None = None, keep_metrics: bool = False,
+              fingerprint: str | None = None) -> None:
+        """Forget a failed result of an earlier run in the same folder (a completed one of this
+        config stays until the new one replaces it atomically), keep the metrics logged up to the
+        checkpoint a resumed run starts from (all of them when the run only re-evaluates), then
+        write the config (secrets as their interpolation) and the DeepSpeed config."""
+        from llmft.core.redact import to_yaml
+
+        self.fingerprint = fingerprint
+        if read_results(self.path) is None:
+            self.results_file.unlink(missing_ok=True)
+        if not keep_metrics:
+            kept = ""
+            if resume_step and self.metrics_file.is_file():
+                lines = self.metrics_file.read_text().split("\n")
+                kept = "".join(line + "\n" for line in lines
+                               if line.strip() and json.loads(line).get("step", 0) <= resume_step)
+            _atomic_write(self.metrics_file, kept)
+        _atomic_write(self.path / "config.yaml", to_yaml(cfg))
+        if deepspeed is not None:
+            _atomic_write(self.path / "deepspeed.json", json.dumps(deepspeed, indent=2) + "\n")
+
+    def resume_checkpoint(self, resume: str, ident: dict, world_size: int, zero_stage: int) -> Path | None:
+        """The checkpoint ``train.resume`` names (auto: the newest complete one; never: none),
+        refused in one line when another config, ZeRO stage or world size saved it."""
+        if str(resume).lower() in ("never", "false"):
+            return None
+        if str(resume).lower() in ("auto", "true"):
+            checkpoint = self.latest_checkpoint()
+        else:
+            checkpoint = Path(resume)
+            if not (checkpoint / "trainer_state.json").is_file():
+                raise UserError(f"train.resume={resume}: not a checkpoint folder (no trainer_state.json)")
+        if checkpoint is None:
+            return None
+        marker = checkpoint / CHECKPOINT_DONE
+        saved = json.loads(marker.read_text() or "{}") if marker.is_file() else {}
+        how = ("choose another hydra.run.dir, or pass train.resume=never to start over "
+               f"(what is in {self.path} is moved to {self.path / 'replaced'})")
+        if saved.get("zero_stage", zero_stage) != zero_stage or (
+                zero_stage > 0 and saved.get("world_size", world_size) != world_size):
+            raise UserError(f"train.resume: {checkpoint} was saved with ZeRO stage {saved.get('zero_stage', zero_stage)} "
+                            f"on {saved.get('world_size', world_size)} processes; this run has stage {zero_stage} on "
+                            f"{world_size}. Resume with that hardware, or {how}")
+        if saved.get("fingerprint", ident["fingerprint"]) != ident["fingerprint"]:
+            raise UserError(f"train.resume: {checkpoint} was saved by another config "
+                            f"({config_difference(saved.get('config', {}), ident['config'])}); {how}")
+        return checkpoint
+
+    def set_aside_other_runs(self, resume: str, ident: dict) -> str | None:
+        """Rank 0, before anything is written: with train.resume=never, or when what this folder
+        holds came from another config, move all of it to replaced/<time>/ (nothing is deleted).
+        Returns where it went (None: nothing to move)."""
+        present = [name for name in ARTIFACTS if (self.path / name).exists()]
+        if not present:
+            return None
+        shutil.rmtree(self.path / f".{self.model_dir.name}.tmp", ignore_errors=True)
+        if str(resume).lower() not in ("never", "false"):
+            owners = {self.folder_fingerprint(name) for name in (RESULTS, "model")} - {None}
+            if not owners or owners == {ident["fingerprint"]}:
+                return None
+        target = self.path / "replaced" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        target = target.with_name(f"{target.name}_{os.getpid()}") if target.exists() else target
+        target.mkdir(parents=True)
+        for name in present:
+            os.rename(self.path / name, target / name)
+        return str(target)
+
+    def folder_fingerprint(self, name: str) -> str | None:
+        """The fingerprint results.json or model/ was written under ("legacy" when it has none)."""
+        path = self.results_file if name == RESULTS else self.model_dir / "llmft.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get("fingerprint") or "legacy"
+        except ValueError:
+            return "unreadable"
+
+    def complete_model(self, ident: dict) -> dict | None:
+        """model/'s metadata when it holds the finished model of this config (a rerun evaluates it
+        instead of training again), else None."""
+        if self.folder_fingerprint("model") != ident["fingerprint"]:
+            return None
+        meta = json.loads((self.model_dir / "llmft.json").read_text())
+        return meta if "training" in meta else None
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that finished saving (a kill mid-save leaves no marker)."""
+        if not self.checkpoints.is_dir():
+            return None
+        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / CHECKPOINT_DONE).is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+    def write_predictions(self, records: list[dict]) -> None:
+        lines = "".join(dumps(r) + "\n" for r in records)
+        _atomic_write(self.path / "predictions.jsonl", lines)
+
+    def write_results(self, results: dict) -> None:
+        """The last write of a run. Also drops the Trainer's output folder if nothing was saved there."""
+        if self.checkpoints.is_dir() and not any(self.checkpoints.iterdir()):
+            self.checkpoints.rmdir()
+        _atomic_write(self.results_file, dumps(results, indent=2) + "\n")
+
+    def write_failure(self, reason: str, **details) -> None:
+        """results.json of a run that stopped on an error it diagnosed (status "failed", never read
+        as complete)."""
+        record = {"status": "failed", "reason": reason, "fingerprint": self.fingerprint, **details}
+        _atomic_write(self.results_file, dumps(record, indent=2) + "\n")
+
+    def callbacks(self, ident: dict, zero_stage: int) -> list:
+        return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints(ident, zero_stage)]
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every Trainer log (loss, lr, grad norm, ...) to metrics.jsonl on the main process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        with self.path.open("a") as f:
+            f.write(dumps(record) + "\n")
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it (on_save comes after),
+    with what a resume must match: the config fingerprint, the ZeRO stage and the world size
+    (ZeRO shards only load into as many processes)."""
+
+    def __init__(self, ident: dict, zero_stage: int):
+        self.marker = {"fingerprint": ident["fingerprint"], "zero_stage": zero_stage, "config": ident["config"]}
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                _atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size}))
+
+
+class Preempted(Exception):
+    """Training stopped at a step boundary on SIGTERM / SIGUSR2 after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved: {checkpoint}. "
+                         f"Rerun the same command to resume from it")
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+class SaveOnPreemption(TrainerCallback):
+    """SIGTERM (preemption, scancel, the time limit) or SIGUSR2 (SLURM's warning before the time
+    limit: ``--signal=B:USR2@120``): finish the step, save a checkpoint, stop training (the recipe
+    then raises ``Preempted``; the rerun resumes). Under submitit its own handler runs after the
+    save (it requeues the job); elsewhere a USR2 inside a SLURM job requeues it with
+    ``scontrol requeue``. A second signal of the same kind while saving takes its default action.
+
+    Every rank learns of the signal at the same step, because a DeepSpeed save needs all of them:
+    one all-reduce of a flag per step, on the Trainer's device (NCCL reduces only CUDA tensors)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self):
+        self.caught: int | None = None  # the signal number
+        self.previous: dict = {}
+        self.checkpoint: Path | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _catch(self, signum, frame):
+        if self.caught == signum:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.caught = signum
+
+    def flag_tensor(self, device):
+        import torch
+
+        return torch.tensor([self.caught or 0], device=device)
+
+    def _anyone_caught(self, args) -> int:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.caught or 0
+        flag = self.flag_tensor(args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        caught = self._anyone_caught(args)
+        if caught:
+            self.caught = caught
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if not self.caught:
+            return
+        # the checkpoint is complete (MarkCompleteCheckpoints ran first), on every rank once all get here
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        self.checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        control.should_training_stop = True
+        handler = self.previous.get(self.caught)
+        if callable(handler) and handler is not signal.default_int_handler and "SLURM_JOB_ID" in os.environ:
+            handler(self.caught, None)  # submitit: requeue and exit (rank 0); others carry on until killed
+        elif self.caught == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ and state.is_world_process_zero:
+            requeue_slurm_job()
+
+
+def requeue_slurm_job() -> None:
+    """Put this SLURM job back in the queue (it needs --requeue); its rerun resumes."""
+    import logging
+    import subprocess
+
+    job = os.environ["SLURM_JOB_ID"]
+    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if out.returncode:
+        logging.getLogger(__name__).warning("scontrol requeue %s failed: %s", job, out.stderr.strip())
+
+
+def read_results(run_dir: str | Path) -> dict | None:
+    """A run folder's results.json, or None when the run did not complete (none, or "failed")."""
+    path = Path(run_dir) / RESULTS
+    results = json.loads(path.read_text()) if path.is_file() else None
+    return results if results is not None and results.get("status") == "completed" else None
+
+
+def finite_json(value):
+    """``value`` with every non-finite float as the string "nan", "inf" or "-inf": JSON has no
+    NaN, and a bare NaN (what json.dumps writes by default) breaks strict readers."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps(value, **kwargs) -> str:
+    """Strict JSON for everything a run writes (allow_nan=False after finite_json)."""
+    return json.dumps(finite_json(value), allow_nan=False, ensure_ascii=False, **kwargs)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

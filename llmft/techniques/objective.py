@@ -1,0 +1,212 @@
+"""What training minimises, when it is more than the model's own loss:
+
+    task term     cross-entropy, class-weighted cross-entropy, or focal loss      (train.loss, class_weights)
+    + distill     alpha * T^2 * KL(teacher || student) at temperature T            (train.distill)
+                  (the task term then weighs 1 - alpha)
+    + l2sp        l2sp / 2 * ||theta - theta_0||^2 over trainable pretrained weights (train.retention.l2sp)
+
+Each term is logged as loss/<term> in metrics.jsonl. Logits are per example (classification),
+per token (NER) or per next token (causal LM); label -100 marks positions that do not count.
+torch has the pieces (cross_entropy with weights, kl_div); focal loss and L2-SP are three lines
+each on top, so they are written here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+class Objective:
+    def __init__(self, kind: str, loss: str = "ce", focal_gamma: float = 2.0, class_weights=None,
+                 l2sp: float = 0.0, anchor: dict | None = None, teacher=None, temperature: float = 2.0,
+                 alpha: float = 0.5, cache: bool = False):
+        self.kind = kind  # sequence | token | causal
+        self.loss, self.gamma = loss, focal_gamma
+        self.class_weights = class_weights  # a tensor, one weight per label, or None
+        self.l2sp, self.anchor = l2sp, anchor or {}
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        self.cache = {} if cache else None
+
+    @property
+    def replaces_model_loss(self) -> bool:
+        return self.loss != "ce" or self.class_weights is not None or self.teacher is not None
+
+    def __call__(self, model, inputs: dict, outputs) -> tuple[torch.Tensor, dict]:
+        labels = inputs.get("labels")
+        terms = {}
+        if self.replaces_model_loss:
+            logits, labels_ = aligned(outputs.logits, labels, self.kind)
+            task = self.task_loss(logits, labels_)
+            total = task
+            if self.teacher is not None:
+                distill = self.distill_loss(logits, self.teacher_logits(inputs), labels_)
+                terms["distill"] = distill.detach()
+                total = self.alpha * distill + (1 - self.alpha) * task
+        else:
+            task = total = outputs.loss
+        terms["task"] = task.detach()
+        if self.l2sp > 0:
+            penalty = l2sp_penalty(model, self.anchor)
+            terms["l2sp"] = (self.l2sp / 2 * penalty).detach()
+            total = total + self.l2sp / 2 * penalty
+        return total, terms
+
+    # ------------------------------------------------------------------ terms
+    def task_loss(self, logits, labels):
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        if self.loss == "focal":
+            return focal_loss(logits, labels, self.gamma, weight)
+        return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE)
+
+    def distill_loss(self, student, teacher, labels):
+        return distillation_loss(student, teacher, labels, self.temperature)
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: dict) -> torch.Tensor:
+        feed = {k: v for k, v in inputs.items() if k not in ("labels", "word_start")}
+        if self.cache is None:
+            logits = self.teacher(**feed).logits
+        else:
+            logits = self.cached(feed)
+        return aligned(logits, inputs.get("labels"), self.kind)[0]
+
+    def cached(self, feed: dict) -> torch.Tensor:
+        """Teacher logits per example, keyed by its (unpadded) token ids; only the missing ones run."""
+        ids, mask = feed["input_ids"], feed.get("attention_mask", torch.ones_like(feed["input_ids"]))
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            out = self.teacher(**{k: v[missing] for k, v in feed.items()}).logits.detach().cpu()
+            for j, i in enumerate(missing):
+                self.cache[keys[i]] = out[j] if self.kind == "sequence" else out[j][mask[i].bool().cpu()]
+        if self.kind == "sequence":
+            return torch.stack([self.cache[k] for k in keys]).to(ids.device)
+        full = torch.zeros(*ids.shape, self.cache[keys[0]].shape[-1])
+        for i, k in enumerate(keys):
+            full[i][mask[i].bool().cpu()] = self.cache[k]
+        return full.to(ids.device)
+
+
+def aligned(logits, labels, kind: str):
+    """(N, C) logits and (N,) labels over the positions that count."""
+    if kind == "causal":  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:] if labels is not None else None
+    if kind in ("token", "causal"):
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1) if labels is not None else None
+    return logits, labels
+
+
+def focal_loss(logits, labels, gamma: float, weight=None):
+    """Lin et al. (2017): cross-entropy scaled by (1 - p_true)^gamma, so easy examples count less."""
+    keep = labels != IGNORE
+    logits, labels = logits[keep].float(), labels[keep]
+    logp = logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp
+    if weight is not None:
+        w = weight[labels]
+        return (w * loss).sum() / w.sum()
+    return loss.mean()
+
+
+def distillation_loss(student, teacher, labels, temperature: float):
+    """Hinton et al. (2015): T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over
+    the positions that count (all examples for classification)."""
+    if labels is not None:
+        keep = labels != IGNORE
+        student, teacher = student[keep], teacher[keep]
+    s = (student.float() / temperature).log_softmax(-1)
+    t = (teacher.float() / temperature).log_softmax(-1)
+    return temperature**2 * F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def l2sp_penalty(model, anchor: dict) -> torch.Tensor:
+    """||theta - theta_0||^2 over the anchored parameters (Li et al., 2018)."""
+    params = dict(model.named_parameters())
+    return sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
+
+
+def l2sp_anchor(model, exclude_parts=("head",), frozen_too: bool = False) -> dict:
+    """theta_0: a copy of every trainable parameter the pretrained model had (not the new head),
+    on the parameter's own device. ``frozen_too``: also the frozen ones, for strategies that
+    unfreeze them during training (gradual_unfreeze); a frozen one adds 0 until it moves."""
+    from llmft.models.anatomy import parts
+
+    by_name = dict(model.named_parameters())
+    return {n: by_name[n].detach().clone() for n, part in parts(model).items()
+            if (frozen_too or by_name[n].requires_grad) and part.kind not in exclude_parts}
+
+
+def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
+    """n / (k * count(c)), scikit-learn's "balanced" heuristic; absent labels get weight 1."""
+    counts = torch.bincount(torch.tensor(label_ids), minlength=num_labels).float()
+    weights = len(label_ids) / (num_labels * counts.clamp(min=1))
+    weights[counts == 0] = 1.0
+    return weights
+
+
+KINDS = {"classification": "sequence", "ner": "token", "sft": "causal"}
+
+
+def from_config(cfg, task, model, train_set, tokenizer):
+    """The run's Objective, or None when the model's own loss is all there is."""
+    from llmft.core.errors import UserError
+
+    t = cfg.train
+    weights = None
+    if t.class_weights not in (None, "none"):
+        n = len(task.labels)
+        if t.class_weights == "balanced":
+            labels = [x for row in train_set["labels"] for x in (row if isinstance(row, list) else [row]) if x != IGNORE]
+            weights = balanced_class_weights(labels, n)
+        else:
+            weights = torch.tensor([float(w) for w in t.class_weights])
+            if len(weights) != n:
+                raise UserError(f"train.class_weights has {len(weights)} weights but the task has {n} labels "
+                                f"{list(task.labels)}")
+    teacher = (load_teacher(t.distill.teacher, task, tokenizer, cfg.model.trust_remote_code)
+               if t.distill.teacher else None)
+    from llmft.strategies import strategy_class
+
+    later = strategy_class(cfg.strategy.name).unfreezes_later  # anchor what will train, not only what trains now
+    anchor = l2sp_anchor(model, frozen_too=later) if t.retention.l2sp > 0 else {}
+    if t.retention.l2sp > 0 and not anchor:
+        raise UserError("train.retention.l2sp: no trainable pretrained weights to anchor (this strategy trains "
+                        "only new parameters); use train.weight_decay")
+    objective = Objective(KINDS.get(task.name, "sequence"), t.loss, t.focal_gamma, weights, t.retention.l2sp,
+                          anchor, teacher, t.distill.temperature, t.distill.alpha, t.distill.cache)
+    active = objective.replaces_model_loss or objective.l2sp > 0
+    return objective if active else None
+
+
+def load_teacher(path: str, task, tokenizer, trust_remote_code: bool = False):
+    """A trained model/ folder (or the run folder holding it), checked against the student's
+    labels and tokenizer, frozen, in eval mode. Its code (if any) runs only with the run's
+    model.trust_remote_code=true."""
+    from llmft.core.errors import UserError
+    from llmft.artifacts import load_saved, read_metadata, require_trust
+
+    model_dir = teacher_dir(path)
+    meta = read_metadata(model_dir)
+    require_trust(meta, trust_remote_code, f"train.distill.teacher={path}", model_dir, "model.trust_remote_code")
+    if meta.get("task") != task.name:
+        raise UserError(f"train.distill.teacher={path}: a {meta.get('task')} model; this run is {task.name}")
+    if task.labels is not None and list(meta.get("labels") or []) != list(task.labels):
+        raise UserError(f"train.distill.teacher={path}: its labels {meta.get('labels')} differ from this run's "
+                        f"{list(task.labels)}")
+    teacher, teacher_tokenizer = load_saved(model_dir, task, meta, trust_remote_code=trust_remote_code)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"train.distill.teacher={path}: its tokenizer differs from the student's; distillation "
+                        f"compares logits token by token, so both need the same tokenizer")
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def teacher_dir(path: str):
+    """A teacher given as a run folder means its model/."""
+    from pathlib import Path
+
+    model_dir = Path(path)
+    return model_dir / "model" if (model_dir / "model").is_dir() else model_dir
