@@ -11,6 +11,7 @@ own parts beside it. No pickle is left in it (the Trainer's ``training_args.bin`
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -29,6 +30,38 @@ def require_trust(meta: dict, trusted: bool, key: str, folder, flag: str = "trus
     if meta.get("trust_remote_code") and not trusted:
         raise UserError(f"{key}: this model was trained with trust_remote_code=true and its code runs only if "
                         f"you ask: add {flag}=true (read the code in {folder} first)")
+
+
+def plain_model(model):
+    """The HF model inside llmft's wrappers (CRF tagger, multi-task heads, prompt classifier) and
+    PEFT, merged where the adapter merges; the bare base model when it does not (prompt learning)."""
+    if isinstance(model, Wrapper):
+        model = model.encoder
+    elif hasattr(model, "label_ids") and hasattr(model, "lm"):  # models/prompting.py's classifier over an LM
+        model = model.lm
+    if hasattr(model, "peft_config"):
+        if callable(getattr(model.base_model, "merge_and_unload", None)):  # PEFT's LoRA/DoRA/IA3 tuners
+            return copy.deepcopy(model).merge_and_unload()
+        return model.get_base_model()
+    return model
+
+
+def model_metadata(cfg, task, strategy, base_model: str, fingerprint: str, training: dict) -> dict:
+    """model/llmft.json of a training run: what eval/predict/export need to rebuild the task and
+    load the model, and the training record a rerun that finds model/ complete reports."""
+    from llmft.runtime.run_dir import finite_json
+
+    return {
+        **task.metadata(),
+        **strategy.metadata(),
+        "crf": cfg.model.crf,
+        "strategy": cfg.strategy.name,
+        "base_model": base_model,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "revision": cfg.model.revision,
+        "fingerprint": fingerprint,
+        "training": finite_json(training),
+    }
 
 
 def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> None:

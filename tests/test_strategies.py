@@ -56,7 +56,7 @@ def expected_trainable(strategy: str, fixture: str, model) -> int | None:
         return n(lambda name: name.startswith((*ABOVE_BLOCKS[fixture], *HEAD[fixture])))
     if strategy == "bitfit":
         return n(lambda name: head(name) or name.endswith(".bias"))
-    if strategy in ("lora", "dora", "qlora"):
+    if strategy in ("lora", "dora", "qlora", "rslora"):
         import torch.nn as nn
 
         r = 8
@@ -162,3 +162,21 @@ def test_incomplete_checkpoint_is_not_resumed(tmp_path, tiny_data, tiny_bert):
     proc = run_cli("train", "train.max_steps=2", *tiny_train_args(tiny_bert, tiny_data, run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_results(run_dir)["train"]["resumed_from_step"] == 0
+
+
+def test_rslora_scales_the_update_by_the_square_root_of_the_rank(tiny_bert):
+    """rsLoRA: alpha / sqrt(r) (LoRA: alpha / r), on every adapted layer."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from llmft.strategies import strategy_class
+
+    task = type("Task", (), {"peft_task_type": "SEQ_CLS"})()
+    knobs = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": None, "bias": "none", "use_dora": False}
+    scales = {}
+    for name in ("lora", "rslora"):
+        strategy = strategy_class(name)(OmegaConf.create({"strategy": {"name": name, **knobs}}), task)
+        model = strategy.apply(base_model(tiny_bert))
+        scales[name] = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
+    assert scales == {"lora": {16 / 4}, "rslora": {16 / math.sqrt(4)}}

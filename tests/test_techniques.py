@@ -260,6 +260,7 @@ def test_predict_in_int8(tmp_path, teacher, tiny_data):
     (["train.early_stopping.patience=2", "train.eval_steps=5"], "needs a validation split"),
     (["train.distill.teacher=/no/such/run"], "train.distill.teacher: not found"),
     (["train.loss=focal", "model.crf=true"], "model.crf"),
+    (["train.neftune_alpha=5"], "train.neftune_alpha: noises the embeddings of instruction tuning: data.task=sft"),
 ])
 def test_technique_errors_are_one_line(tmp_path, tiny_bert, tiny_data, extra, message):
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, tmp_path / "run", *extra))
@@ -294,3 +295,32 @@ def test_aux_errors(tmp_path, tiny_bert, tiny_data, spec, message):
     spec = spec.replace("FILE", str(tiny_data["train"]))
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, tmp_path / "run", f"data.aux={spec}"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_neftune_noises_embeddings_while_training_only(tiny_chat_llama):
+    """Uniform noise within alpha / sqrt(length x width) in train mode, none in eval mode, and
+    none once training ends (the hook is removed)."""
+    import math
+
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from llmft.techniques import neftune
+
+    assert neftune.callbacks(OmegaConf.create({"train": {"neftune_alpha": 0.0}})) == []
+    [callback] = neftune.callbacks(OmegaConf.create({"train": {"neftune_alpha": 5.0}}))
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama)
+    embeddings = model.get_input_embeddings()
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    clean = embeddings.weight[ids].detach()
+    bound = 5.0 / math.sqrt(ids.shape[1] * clean.shape[-1])
+    callback.on_train_begin(None, None, None, model=model)
+    model.train()
+    noisy = embeddings(ids).detach()
+    assert 0 < (noisy - clean).abs().max() <= bound + 1e-6
+    model.eval()
+    assert torch.equal(embeddings(ids), clean)
+    callback.on_train_end(None, None, None, model=model)
+    model.train()
+    assert torch.equal(embeddings(ids).detach(), clean)

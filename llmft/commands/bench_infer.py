@@ -25,14 +25,15 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.runtime.display import console
     from llmft.artifacts import load_saved, read_metadata
     from llmft.models.precision import save_variant, size_on_disk, to_variant
-    from llmft.techniques.retention import plain_model
-    from llmft.tasks import TASKS
+    from llmft.artifacts import plain_model
+    from llmft.tasks import TASKS, tasks_that
 
     torch.manual_seed(cfg.seed)
     model_dir = Path(cfg.model_dir)
     meta = read_metadata(model_dir)
-    if meta["task"] not in ("classification", "ner") or meta.get("lm_kind"):
-        raise UserError(f"model_dir={model_dir}: bench-infer measures classification and ner models "
+    labelled = lambda t: t.logits in ("sequence", "token")  # noqa: E731  (scored by loop_metrics on logits)
+    if not labelled(TASKS.get(meta["task"])) or meta.get("lm_kind"):
+        raise UserError(f"model_dir={model_dir}: bench-infer measures {tasks_that(labelled)} models "
                         f"(got {meta.get('lm_kind') and 'a prompting run' or meta['task']})")
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)

@@ -31,7 +31,6 @@ from llmft.runtime.run_dir import dumps
 
 log = logging.getLogger(__name__)
 
-MERGEABLE = ("lora", "dora", "ia3")
 # max |logit - source logit| / max(1, max |source logit|) allowed per format
 TOLERANCES = {"merged": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1}
 MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it replaces
@@ -40,15 +39,16 @@ MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it
 def main(cfg, run_path: str | Path) -> dict:
     from llmft.data.files import load_splits
     from llmft.artifacts import load_saved, read_metadata
+    from llmft.strategies import strategy_class
     from llmft.tasks import TASKS
 
     model_dir = Path(cfg.model_dir)
     meta = read_metadata(model_dir)
     fmt = cfg.format
     tolerance = cfg.tolerance if cfg.tolerance is not None else TOLERANCES[fmt]
-    if fmt == "merged" and meta.get("strategy") not in MERGEABLE:
+    if fmt == "merged" and not strategy_class(meta.get("strategy", "full")).mergeable:
         raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' model; merging applies to "
-                        f"{', '.join(MERGEABLE)} adapters (full models are already plain HF folders; "
+                        f"{', '.join(mergeable())} adapters (full models are already plain HF folders; "
                         f"format=bf16|fp16|int8 converts them)")
     if meta.get("lm_kind") or meta.get("format") not in (None, "fp32"):
         raise UserError(f"model_dir={model_dir}: format={fmt} converts fine-tuned models and adapters, "
@@ -229,17 +229,23 @@ def merge(model, tokenizer, batch, task, tolerance, trust_remote_code: bool, tmp
     return {"meta": {"merge_check": check}, "result": {}, "check": check}, message
 
 
+def mergeable() -> list[str]:
+    from llmft.strategies import strategies_that
+
+    return strategies_that("mergeable")
+
+
 def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
     """bf16 / fp16 / int8: convert the fp32 model (adapters merged), save to ``tmp``, reload, compare."""
     import torch
 
     from llmft.models.precision import load_int8, save_variant, size_on_disk, to_variant
-    from llmft.techniques.retention import plain_model
+    from llmft.artifacts import plain_model
 
     source = plain_model(model)
     if hasattr(source, "peft_config"):
         raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' adapter does not merge into its base; "
-                        f"format={fmt} converts full models and {', '.join(MERGEABLE)} adapters")
+                        f"format={fmt} converts full models and {', '.join(mergeable())} adapters")
     with torch.no_grad():
         reference = source(**batch).logits.float()
         save_variant(to_variant(source, fmt), fmt, tmp)

@@ -11,3 +11,9 @@ def require_one_of(key: str, value, options) -> None:
     """The one-line error for a value outside a fixed set of options."""
     if value not in options:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(str(o) for o in options if o is not None)}")
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """The one-line error ``key: message`` unless ``ok``."""
+    if not ok:
+        raise UserError(f"{key}: {message}")

@@ -93,17 +93,17 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
     return model
 
 
-def load_backbone_tokenizer(model_cfg):
+def load_backbone_tokenizer(model_cfg, path: str | None = None):
     """The tokenizer of a model config (loaded before the model, so data checks that need it
-    fail before the weights load)."""
-    path = resolve_model_path(model_cfg.name_or_path)
+    fail before the weights load); ``path``: another folder to load it from (a student)."""
+    path = path or resolve_model_path(model_cfg.name_or_path)
     return load_tokenizer(path, model_cfg.trust_remote_code, model_cfg.pad_token_fallback, model_cfg.revision)
 
 
-def load_backbone(model_cfg, task, strategy, tokenizer):
+def load_backbone(model_cfg, task, strategy, tokenizer, path: str | None = None):
     """The model of a model config (the start of a training run), loaded the way the strategy
-    needs (its Auto class, quantization)."""
-    path = resolve_model_path(model_cfg.name_or_path)
+    needs (its Auto class, quantization); ``path``: another folder to load it from (a student)."""
+    path = path or resolve_model_path(model_cfg.name_or_path)
     return load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
                       **revision_kwargs(model_cfg.revision), **strategy.model_load_kwargs())
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llmft.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 CHECKPOINT_DONE = ".complete"
@@ -146,6 +149,8 @@ class RunDir:
         target.mkdir(parents=True)
         for name in present:
             os.rename(self.path / name, target / name)
+        log.warning("%s held the files of another run (another config, or train.resume=never): moved to %s",
+                    self.path, target)
         return str(target)
 
     def folder_fingerprint(self, name: str) -> str | None:

@@ -223,6 +223,11 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     # by grad_accum x world size.
     trainer.model_accepts_loss_kwargs = (trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
                                          and objective is None)
+    if args.deepspeed and not trainer.is_deepspeed_enabled:
+        raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
+                           "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
+    if objective is not None and objective.teacher is not None:
+        objective.teacher.to(trainer.args.device)  # distillation: the teacher runs beside the student
     return trainer
 
 

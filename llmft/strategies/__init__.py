@@ -17,6 +17,11 @@ def strategy_class(name: str) -> type[Strategy]:
     return STRATEGIES.get(name)
 
 
+def strategies_that(capability: str) -> list[str]:
+    """The strategies whose class sets ``capability`` (e.g. "mergeable"), for messages."""
+    return [name for name in strategy_names() if getattr(strategy_class(name), capability)]
+
+
 def strategy_configs() -> dict:
     """Every strategy's schema by name (for the ConfigStore)."""
     return {name: strategy_class(name).config for name in strategy_names()}

@@ -28,6 +28,8 @@ class Strategy:
     zero_stages: ClassVar[int] = 3  # the highest DeepSpeed ZeRO stage it runs under
     zero_note: ClassVar[str] = ""  # why not higher
     unfreezes_later: ClassVar[bool] = False  # True: frozen parameters start training mid-run (L2-SP anchors them)
+    mergeable: ClassVar[bool] = False  # its adapter merges into the base weights (llmft export format=merged)
+    quantized_base: ClassVar[bool] = False  # the base weights load quantized (drift against fp32 is meaningless)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -146,12 +148,17 @@ class PeftStrategy(Strategy):
                                           is_main_process=trainer.is_world_process_zero())
 
     def apply(self, model):
-        from peft import get_peft_model
+        return wrap_peft(model, self.peft_config())
 
-        try:
-            return get_peft_model(model, self.peft_config())
-        except ValueError as err:
-            raise peft_target_error(err, model) from None
+
+def wrap_peft(model, peft_config):
+    """PEFT's model around ``model``; PEFT's target-module errors as one line."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise peft_target_error(err, model) from None
 
 
 def peft_target_error(err: ValueError, model) -> Exception:

@@ -20,6 +20,7 @@ class IA3StrategyConfig(StrategyConfig):
 class IA3(PeftStrategy):
     name = "ia3"
     config = IA3StrategyConfig
+    mergeable = True
 
     def peft_config(self):
         from peft import IA3Config

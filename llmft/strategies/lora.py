@@ -1,4 +1,8 @@
-"""LoRA (PEFT): low-rank updates on chosen linear layers; the task head trains in full."""
+"""LoRA (PEFT): low-rank updates on chosen linear layers; the task head trains in full.
+
+The LoRA knobs (``LoraKnobs``), their checks and the PEFT config built from them live here once:
+DoRA and QLoRA subclass LoRA, PET's ``params=lora|dora`` reuses them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,43 +14,49 @@ from llmft.strategies.base import PeftStrategy
 
 
 @dataclass
-class LoraStrategyConfig(StrategyConfig):
-    name: str = "lora"
+class LoraKnobs:
     r: int = 8  # rank of the update
     alpha: float = 16  # scaling: the update is multiplied by alpha / r
     dropout: float = 0.1
     # Module names to adapt; null: PEFT's default for the architecture (BERT: query, value;
     # Llama: q_proj, v_proj). [all-linear] adapts every linear layer but the head.
     target_modules: Optional[List[str]] = None
+
+
+@dataclass
+class LoraStrategyConfig(LoraKnobs, StrategyConfig):
+    name: str = "lora"
     bias: str = "none"  # none | all | lora_only
     use_dora: bool = False  # weight-decomposed LoRA (see dora)
+
+
+def check_lora_knobs(s) -> None:
+    if s.r < 1:
+        raise UserError(f"strategy.r must be >= 1 (got {s.r})")
+    if not 0 <= s.dropout < 1:
+        raise UserError(f"strategy.dropout must be in [0, 1) (got {s.dropout})")
+
+
+def lora_config(s, task_type: str | None, use_dora: bool, bias: str = "none"):
+    """PEFT's LoraConfig from the LoRA knobs of a strategy section."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                      target_modules=target_modules(s.target_modules), bias=bias, use_dora=use_dora)
 
 
 class LoRA(PeftStrategy):
     name = "lora"
     config = LoraStrategyConfig
+    mergeable = True
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
-        s = run_cfg.strategy
-        if s.r < 1:
-            raise UserError(f"strategy.r must be >= 1 (got {s.r})")
-        if not 0 <= s.dropout < 1:
-            raise UserError(f"strategy.dropout must be in [0, 1) (got {s.dropout})")
-        require_one_of("strategy.bias", s.bias, ("none", "all", "lora_only"))
+        check_lora_knobs(run_cfg.strategy)
+        require_one_of("strategy.bias", run_cfg.strategy.bias, ("none", "all", "lora_only"))
 
     def peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            task_type=self.task.peft_task_type,
-            r=self.cfg.r,
-            lora_alpha=self.cfg.alpha,
-            lora_dropout=self.cfg.dropout,
-            target_modules=target_modules(self.cfg.target_modules),
-            bias=self.cfg.bias,
-            use_dora=self.cfg.use_dora,
-        )
+        return lora_config(self.cfg, self.task.peft_task_type, self.cfg.use_dora, self.cfg.bias)
 
 
 def target_modules(names):

@@ -7,26 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
-
-from llmft.core.errors import UserError, require_one_of
-from llmft.strategies.base import peft_target_error
-from llmft.strategies.lora import target_modules
+from llmft.core.errors import require_one_of
+from llmft.strategies.base import wrap_peft
+from llmft.strategies.lora import LoraKnobs, check_lora_knobs, lora_config
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
 PARAMS = ("full", "lora", "dora")
 
 
 @dataclass
-class PetStrategyConfig(ZeroShotStrategyConfig):
+class PetStrategyConfig(LoraKnobs, ZeroShotStrategyConfig):  # LoraKnobs: for params=lora|dora
     name: str = "pet"
     calibrate: bool = False  # training removes most of the bias calibration corrects
     params: str = "full"  # full | lora | dora: the parameters PET trains
-    # LoRA / DoRA settings (params=lora|dora), as in strategy=lora
-    r: int = 8
-    alpha: float = 16
-    dropout: float = 0.1
-    target_modules: Optional[List[str]] = None
 
 
 class PET(ZeroShot):
@@ -41,24 +34,15 @@ class PET(ZeroShot):
         super().validate_config(run_cfg)
         s = run_cfg.strategy
         require_one_of("strategy.params", s.params, PARAMS)
-        if s.params != "full" and s.r < 1:
-            raise UserError(f"strategy.r must be >= 1 (got {s.r})")
+        if s.params != "full":
+            check_lora_knobs(s)
 
     def apply(self, model):
         if self.cfg.params == "full":
             model.requires_grad_(True)
             return self.classifier(model)
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            task_type="CAUSAL_LM" if self.kind == "causal" else None,
-            r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-            target_modules=target_modules(self.cfg.target_modules), use_dora=self.cfg.params == "dora",
-        )
-        try:
-            return self.classifier(get_peft_model(model, lora))
-        except ValueError as err:
-            raise peft_target_error(err, model) from None
+        lora = lora_config(self.cfg, "CAUSAL_LM" if self.kind == "causal" else None, self.cfg.params == "dora")
+        return self.classifier(wrap_peft(model, lora))
 
     def save(self, trainer, model_dir: Path) -> None:
         if trainer.is_world_process_zero():

@@ -25,6 +25,8 @@ class QLoRA(LoRA):
     config = QLoraStrategyConfig
     zero_stages = 2
     zero_note = "4-bit weights are not sharded"
+    mergeable = False  # merging into 4-bit weights would round the update away
+    quantized_base = True
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:

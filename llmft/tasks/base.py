@@ -26,12 +26,19 @@ class Task:
     # metrics computed during training (early stopping) from logits + labels, besides "loss"
     loop_metric_names: ClassVar[tuple[str, ...]] = ()
     stratify_column: ClassVar[str | None] = None  # column to stratify seeded splits on
+    # What the head scores, for the techniques that work on its logits (losses, distillation,
+    # sampling, retention): "sequence" (labels per example), "token" (labels per token), "causal"
+    # (the vocabulary per token: the LM's own head), or None (answer spans, generated text).
+    logits: ClassVar[str | None] = None
+    aux_kinds: ClassVar[tuple[str, ...]] = ()  # data.aux kinds it trains together with (multi-task)
+    crf: ClassVar[bool] = False  # model.crf=true puts a CRF over its token scores (wrap)
     # file suffix -> a layout of llmft/data/formats.py that files of this task use (QA: SQuAD JSON)
     file_layouts: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        TASKS.register(cls)
+        if "name" in cls.__dict__:  # a task (a helper subclass without its own name is not)
+            TASKS.register(cls)
 
     def __init__(self, data_cfg, labels: list[str] | None = None):
         self.data_cfg = data_cfg

@@ -12,6 +12,8 @@ LABEL_COLUMN = "labels"  # the column name HF models read the targets from
 class Classification(Task):
     name = "classification"
     auto_model = "AutoModelForSequenceClassification"
+    logits = "sequence"
+    aux_kinds = ("classification",)
     peft_task_type = "SEQ_CLS"
     primary_metric = "accuracy"
     loop_metric_names = ("accuracy", "macro_f1")

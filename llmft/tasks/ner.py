@@ -18,6 +18,8 @@ IGNORE = -100
 class NER(Task):
     name = "ner"
     auto_model = "AutoModelForTokenClassification"
+    logits = "token"
+    crf = True
     peft_task_type = "TOKEN_CLS"
     primary_metric = "f1"
     loop_metric_names = ("f1", "precision", "recall", "accuracy")

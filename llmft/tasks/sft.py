@@ -23,6 +23,8 @@ CHAT = "chat"  # normalised column: the whole conversation
 class SFT(Task):
     name = "sft"
     auto_model = "AutoModelForCausalLM"
+    logits = "causal"
+    aux_kinds = ("lm",)
     loss_counts_tokens = True
     peft_task_type = "CAUSAL_LM"
     primary_metric = "rougeL"

@@ -12,22 +12,76 @@ Only the main task's model is saved to model/; aux heads exist for training.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.core.paths import resolve_path
-from llmft.models.layers import Wrapper
 
-TASK_ID = "task_id"
+if TYPE_CHECKING:
+    pass
 
+TASK_ID = "task_id"  # the column naming each example's task (0: the main one; models/heads.py)
+
+KINDS = ("lm", "classification")
+
+
+def validate(cfg, task, strategy) -> None:
+    """Each entry a mapping with a kind the task trains with, an existing file, a weight in (0, 1)."""
+    if not cfg.data.aux:
+        return
+    from llmft.tasks import TASKS
+
+    total = 0.0
+    for i, aux in enumerate(cfg.data.aux):
+        key = f"data.aux[{i}]"
+        if not hasattr(aux, "get"):
+            raise UserError(f"{key}: expected {{kind: lm|classification, train_file: PATH, weight: 0.2}}")
+        kind = aux.get("kind", "lm")
+        if kind not in KINDS:
+            raise UserError(f"{key}.kind: must be one of {', '.join(KINDS)} (got {kind})")
+        if kind not in task.aux_kinds:
+            needs = next(n for n in TASKS.names() if kind in TASKS.get(n).aux_kinds)
+            raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
+        if not aux.get("train_file"):
+            raise UserError(f"{key}.train_file is required")
+        path = resolve_path(aux["train_file"], key=f"{key}.train_file")
+        if not path.is_file():
+            raise UserError(f"{key}.train_file: file not found: {path}")
+        weight = float(aux.get("weight", 0.2))
+        if not 0 < weight < 1:
+            raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
+        total += weight
+    if total >= 1:
+        raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
+    if any(aux.get("kind", "lm") == "classification" for aux in cfg.data.aux):
+        t = cfg.train
+        for key, on in (("train.class_weights", t.class_weights not in (None, "none")), ("train.loss", t.loss != "ce"),
+                        ("train.distill.teacher", bool(t.distill.teacher)), ("data.sampler", cfg.data.sampler != "random")):
+            require(not on, key, "does not combine with data.aux of kind classification (the aux rows have "
+                                  "their own labels and head; it would score them as main-task labels)")
+
+
+def attach(cfg, task, tokenizer, train_set, model, param_groups) -> tuple:
+    """The train split with the aux sets mixed in, the model with the aux heads (classification),
+    their optimizer groups, and the report; all unchanged (report None) without data.aux or training."""
+    if not cfg.data.aux or train_set is None:
+        return train_set, model, param_groups, None
+    train_set, heads, report = mix(cfg, task, tokenizer, train_set)
+    if heads:
+        from llmft.models.heads import MultiTaskClassifier
+
+        model = MultiTaskClassifier(model, heads)
+        param_groups = model.param_groups(param_groups)
+    return train_set, model, param_groups, report
 
 def mix(cfg, task, tokenizer, train_set):
     """The train split with every aux set mixed in; returns (dataset, heads, report).
     ``heads``: name -> number of labels, for aux classification sets."""
+    import torch
+
     from datasets import concatenate_datasets
 
     aux_cfgs = list(cfg.data.aux)
@@ -38,7 +92,7 @@ def mix(cfg, task, tokenizer, train_set):
     for i, aux in enumerate(aux_cfgs):
         name, kind = aux.get("name") or f"aux{i}", aux.get("kind", "lm")
         pool = lm_chunks(aux, tokenizer, cfg.data.max_length) if kind == "lm" else \
-            classification_set(cfg, aux, tokenizer)
+            classification_set(cfg, task, aux, tokenizer)
         if kind == "classification":
             heads[name] = pool[1]
             pool = pool[0].add_column(TASK_ID, [len(heads)] * len(pool[0]))
@@ -97,13 +151,11 @@ class _FileSpec:
         return getattr(self, key)
 
 
-def classification_set(cfg, aux, tokenizer):
-    """An aux labelled set, encoded and tokenized by its own classification task."""
+def classification_set(cfg, task, aux, tokenizer):
+    """An aux labelled set, encoded and tokenized by a task of the main task's kind (its own labels)."""
     from omegaconf import OmegaConf, open_dict
 
     from llmft.data.files import read_file
-    from llmft.tasks import TASKS
-
     data_cfg = copy.deepcopy(cfg.data)
     with open_dict(data_cfg):
         data_cfg.text_column = aux.get("text_column", "text")
@@ -113,59 +165,8 @@ def classification_set(cfg, aux, tokenizer):
         data_cfg.encoding = aux.get("encoding", cfg.data.encoding)
         data_cfg.format = aux.get("format")
         data_cfg.aux = []
-    aux_task = TASKS.get("classification")(data_cfg)
+    aux_task = type(task)(data_cfg)
     path = resolve_path(aux["train_file"])
     rows = read_file(path, data_cfg, "data.aux.train_file")
     encoded = aux_task.encode(rows, str(path), is_train=True)
     return aux_task.tokenize(encoded, tokenizer), len(aux_task.labels)
-
-
-class MultiTaskClassifier(Wrapper):
-    """The main classifier plus one head per aux classification set on its last hidden state
-    (first token for encoders, last real token for decoders). Examples carry their task id;
-    eval and predict (no task id) see the main task alone."""
-
-    extra = "heads"  # aux heads serve training only: model/ is the main task's model
-
-    def __init__(self, encoder, heads: dict[str, int]):
-        super().__init__(encoder)
-        hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in heads.items()})
-        self.last_terms: dict = {}
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-        # encoders (BERT-like) summarise in their first token, decoders in their last real one
-        self.first_token = encoder.config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, task_id=None):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
-        if labels is None:
-            return SequenceClassifierOutput(logits=out.logits)
-        task_id = torch.zeros_like(labels) if task_id is None else task_id
-        main = task_id == 0
-        losses, self.last_terms = [], {}
-        if main.any():
-            loss = F.cross_entropy(out.logits[main].float(), labels[main], reduction="sum")
-            losses.append(loss)
-            self.last_terms["main"] = (loss / main.sum()).detach()
-        pooled = pool(out.hidden_states[-1], attention_mask, self.first_token)
-        for k, (name, head) in enumerate(self.heads.items(), start=1):
-            rows = task_id == k
-            if rows.any():
-                loss = F.cross_entropy(head(pooled[rows]).float(), labels[rows], reduction="sum")
-                losses.append(loss)
-                self.last_terms[name] = (loss / rows.sum()).detach()
-        return SequenceClassifierOutput(loss=torch.stack(losses).sum() / len(labels), logits=out.logits)
-
-
-
-def pool(hidden, attention_mask, first_token: bool):
-    if first_token or attention_mask is None:
-        return hidden[:, 0]
-    last = attention_mask.sum(1) - 1  # right padding: the last real token
-    return hidden[torch.arange(len(hidden)), last.clamp(min=0)]
-
-

@@ -12,10 +12,37 @@ each on top, so they are written here.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+from llmft.core.errors import require
+from llmft.tasks import tasks_that
+
+if TYPE_CHECKING:
+    import torch
+
 
 IGNORE = -100
+
+
+def validate(cfg, task, strategy) -> None:
+    """train.loss / class_weights / focal_gamma (the L2-SP and distillation terms: retention.py,
+    distillation.py)."""
+    from omegaconf import OmegaConf
+
+    t = cfg.train
+    labelled = lambda k: k.logits in ("sequence", "token")  # noqa: E731  (a label per example or token)
+    if t.loss != "ce" or t.class_weights not in (None, "none"):
+        require(labelled(task), "train.loss" if t.loss != "ce" else "train.class_weights",
+                f"applies to {tasks_that(labelled)} (got data.task={cfg.data.task})")
+        require(not cfg.model.crf, "model.crf", "the CRF has its own loss: drop train.loss / train.class_weights")
+    cw = t.class_weights
+    if cw not in (None, "none", "balanced"):
+        require(isinstance(cw, (list, tuple)) or OmegaConf.is_list(cw), "train.class_weights",
+                f"must be none, balanced or a list of weights, one per label (got {cw})")
+        require(all(isinstance(w, (int, float)) and w >= 0 for w in cw), "train.class_weights",
+                "weights must be numbers >= 0")
+    require(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
+
 
 
 class Objective:
@@ -34,6 +61,7 @@ class Objective:
         return self.loss != "ce" or self.class_weights is not None or self.teacher is not None
 
     def __call__(self, model, inputs: dict, outputs) -> tuple[torch.Tensor, dict]:
+
         labels = inputs.get("labels")
         terms = {}
         if self.replaces_model_loss:
@@ -55,6 +83,8 @@ class Objective:
 
     # ------------------------------------------------------------------ terms
     def task_loss(self, logits, labels):
+        import torch.nn.functional as F
+
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
         if self.loss == "focal":
             return focal_loss(logits, labels, self.gamma, weight)
@@ -63,17 +93,18 @@ class Objective:
     def distill_loss(self, student, teacher, labels):
         return distillation_loss(student, teacher, labels, self.temperature)
 
-    @torch.no_grad()
     def teacher_logits(self, inputs: dict) -> torch.Tensor:
+        import torch
+
         feed = {k: v for k, v in inputs.items() if k not in ("labels", "word_start")}
-        if self.cache is None:
-            logits = self.teacher(**feed).logits
-        else:
-            logits = self.cached(feed)
-        return aligned(logits, inputs.get("labels"), self.kind)[0]
+        with torch.no_grad():
+            logits = self.teacher(**feed).logits if self.cache is None else self.cached(feed)
+            return aligned(logits, inputs.get("labels"), self.kind)[0]
 
     def cached(self, feed: dict) -> torch.Tensor:
         """Teacher logits per example, keyed by its (unpadded) token ids; only the missing ones run."""
+        import torch
+
         ids, mask = feed["input_ids"], feed.get("attention_mask", torch.ones_like(feed["input_ids"]))
         keys = [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
@@ -114,6 +145,8 @@ def focal_loss(logits, labels, gamma: float, weight=None):
 def distillation_loss(student, teacher, labels, temperature: float):
     """Hinton et al. (2015): T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over
     the positions that count (all examples for classification)."""
+    import torch.nn.functional as F
+
     if labels is not None:
         keep = labels != IGNORE
         student, teacher = student[keep], teacher[keep]
@@ -124,6 +157,7 @@ def distillation_loss(student, teacher, labels, temperature: float):
 
 def l2sp_penalty(model, anchor: dict) -> torch.Tensor:
     """||theta - theta_0||^2 over the anchored parameters (Li et al., 2018)."""
+
     params = dict(model.named_parameters())
     return sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
 
@@ -141,17 +175,20 @@ def l2sp_anchor(model, exclude_parts=("head",), frozen_too: bool = False) -> dic
 
 def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
     """n / (k * count(c)), scikit-learn's "balanced" heuristic; absent labels get weight 1."""
+    import torch
+
     counts = torch.bincount(torch.tensor(label_ids), minlength=num_labels).float()
     weights = len(label_ids) / (num_labels * counts.clamp(min=1))
     weights[counts == 0] = 1.0
     return weights
 
 
-KINDS = {"classification": "sequence", "ner": "token", "sft": "causal"}
+def from_config(cfg, task, strategy, model, train_set, tokenizer):
+    """The run's Objective, or None when the model's own loss is all there is (or nothing trains)."""
+    if not strategy.trains:
+        return None
+    import torch
 
-
-def from_config(cfg, task, model, train_set, tokenizer):
-    """The run's Objective, or None when the model's own loss is all there is."""
     from llmft.core.errors import UserError
 
     t = cfg.train
@@ -166,47 +203,16 @@ def from_config(cfg, task, model, train_set, tokenizer):
             if len(weights) != n:
                 raise UserError(f"train.class_weights has {len(weights)} weights but the task has {n} labels "
                                 f"{list(task.labels)}")
+    from llmft.techniques.distillation import load_teacher
+
     teacher = (load_teacher(t.distill.teacher, task, tokenizer, cfg.model.trust_remote_code)
                if t.distill.teacher else None)
-    from llmft.strategies import strategy_class
-
-    later = strategy_class(cfg.strategy.name).unfreezes_later  # anchor what will train, not only what trains now
+    later = strategy.unfreezes_later  # anchor what will train, not only what trains now
     anchor = l2sp_anchor(model, frozen_too=later) if t.retention.l2sp > 0 else {}
     if t.retention.l2sp > 0 and not anchor:
         raise UserError("train.retention.l2sp: no trainable pretrained weights to anchor (this strategy trains "
                         "only new parameters); use train.weight_decay")
-    objective = Objective(KINDS.get(task.name, "sequence"), t.loss, t.focal_gamma, weights, t.retention.l2sp,
+    objective = Objective(task.logits or "sequence", t.loss, t.focal_gamma, weights, t.retention.l2sp,
                           anchor, teacher, t.distill.temperature, t.distill.alpha, t.distill.cache)
     active = objective.replaces_model_loss or objective.l2sp > 0
     return objective if active else None
-
-
-def load_teacher(path: str, task, tokenizer, trust_remote_code: bool = False):
-    """A trained model/ folder (or the run folder holding it), checked against the student's
-    labels and tokenizer, frozen, in eval mode. Its code (if any) runs only with the run's
-    model.trust_remote_code=true."""
-    from llmft.core.errors import UserError
-    from llmft.artifacts import load_saved, read_metadata, require_trust
-
-    model_dir = teacher_dir(path)
-    meta = read_metadata(model_dir)
-    require_trust(meta, trust_remote_code, f"train.distill.teacher={path}", model_dir, "model.trust_remote_code")
-    if meta.get("task") != task.name:
-        raise UserError(f"train.distill.teacher={path}: a {meta.get('task')} model; this run is {task.name}")
-    if task.labels is not None and list(meta.get("labels") or []) != list(task.labels):
-        raise UserError(f"train.distill.teacher={path}: its labels {meta.get('labels')} differ from this run's "
-                        f"{list(task.labels)}")
-    teacher, teacher_tokenizer = load_saved(model_dir, task, meta, trust_remote_code=trust_remote_code)
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"train.distill.teacher={path}: its tokenizer differs from the student's; distillation "
-                        f"compares logits token by token, so both need the same tokenizer")
-    teacher.requires_grad_(False)
-    return teacher.eval()
-
-
-def teacher_dir(path: str):
-    """A teacher given as a run folder means its model/."""
-    from pathlib import Path
-
-    model_dir = Path(path)
-    return model_dir / "model" if (model_dir / "model").is_dir() else model_dir

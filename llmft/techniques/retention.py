@@ -12,31 +12,56 @@ Written to results.json ("retention") and retention.png (drift per layer).
 """
 from __future__ import annotations
 
-import copy
+from typing import TYPE_CHECKING
+
+import logging
 import math
 from pathlib import Path
 
-import torch
-
-from llmft.models.layers import Wrapper
-
-MERGEABLE = ("LORA", "IA3")
+from llmft.core.errors import require
+from llmft.tasks import tasks_that
 
 
-def plain_model(model):
-    """The HF model inside llmft's wrappers (CRF tagger, prompt classifier) and PEFT, merged
-    where the adapter merges; None when the fine-tuned weights cannot be read as one model."""
-    if isinstance(model, Wrapper):  # llmft's CRF tagger or multi-task heads
-        model = model.encoder
-    elif hasattr(model, "label_ids") and hasattr(model, "lm"):  # llmft.models.prompting's prompt classifier
-        model = model.lm
-    if hasattr(model, "peft_config"):
-        kinds = {str(c.peft_type).split(".")[-1] for c in model.peft_config.values()}
-        if kinds <= set(MERGEABLE):
-            return copy.deepcopy(model).merge_and_unload()
-        return model.get_base_model()
-    return model
 
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg, task, strategy) -> None:
+    r = cfg.train.retention
+    require(r.l2sp >= 0, "train.retention.l2sp", f"must be >= 0 (got {r.l2sp})")
+    if r.l2sp > 0:
+        require(strategy.trains and not strategy.saves_adapter, "train.retention.l2sp",
+                f"anchors pretrained weights; strategy={cfg.strategy.name} trains only new parameters "
+                f"(use train.weight_decay)")
+        require(cfg.hardware.zero_stage < 3, "train.retention.l2sp",
+                "needs whole parameters; under ZeRO-3 they are sharded: use hardware.zero_stage<=2")
+    if r.eval_file:
+        require(Path(r.eval_file).is_file(), "train.retention.eval_file", f"file not found: {r.eval_file}")
+        own_head = lambda t: t.logits == "causal"  # noqa: E731
+        require(own_head(task), "train.retention.eval_file",
+                f"perplexity needs the model's own LM head, which data.task={tasks_that(own_head)} trains; a "
+                f"{cfg.data.task} model replaces it with a task head (drop the key)")
+
+
+def report_for(cfg, task, strategy, trainer, tokenizer, eval_set, run_path, base_path: str) -> dict | None:
+    """results.json "retention" (None when off or nothing trained); never fails the run."""
+    if not (cfg.train.retention.report and strategy.trains):
+        return None
+    from llmft.runtime.distributed import world_size
+
+    if world_size(cfg.hardware) > 1:
+        return {"skipped": "measured in 1-process runs only (the sharded weights are not gathered for it)"}
+    if strategy.quantized_base:
+        return {"skipped": "the base weights are 4-bit: drift against the fp32 checkpoint would measure quantization"}
+    try:
+        return report(cfg, task, strategy, trainer.model, tokenizer, eval_set, task.collator(tokenizer),
+                      Path(run_path), base_path)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as err:  # the report must not cost the run
+        log.warning("retention report skipped: %s", err)
+        return {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 
 def weight_drift(before, after) -> dict:
     """Relative change per anatomy part (the task head, new in fine-tuning, is left out)."""
@@ -72,6 +97,7 @@ def _ordered(sums: dict) -> dict:
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float | None:
     """Linear CKA between two (examples x features) matrices; None when either does not vary
     across examples (nothing to compare)."""
+
     x = x.double() - x.double().mean(0, keepdim=True)
     y = y.double() - y.double().mean(0, keepdim=True)
     denominator = (x.T @ x).norm() * (y.T @ y).norm()
@@ -80,40 +106,43 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float | None:
     return float((x.T @ y).norm() ** 2 / denominator)
 
 
-@torch.no_grad()
 def last_hidden(model, batches) -> torch.Tensor:
     """Mean over real tokens of the last hidden state, one row per example."""
-    rows = []
-    for batch in batches:
-        feed = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out = model(**feed, output_hidden_states=True)
-        hidden = out.hidden_states[-1].float()
-        mask = feed["attention_mask"].unsqueeze(-1).float()
-        rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
-    return torch.cat(rows).cpu()
+    import torch
+
+    with torch.no_grad():
+        rows = []
+        for batch in batches:
+            feed = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            out = model(**feed, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()
+            mask = feed["attention_mask"].unsqueeze(-1).float()
+            rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        return torch.cat(rows).cpu()
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, text: str, max_length: int, device) -> float:
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-    nll, count = 0.0, 0
-    for start in range(0, max(len(ids) - 1, 1), max_length):
-        chunk = ids[start:start + max_length + 1].unsqueeze(0).to(device)
-        if chunk.shape[1] < 2:
-            break
-        logits = model(input_ids=chunk[:, :-1]).logits.float()
-        nll += torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
-        count += chunk.shape[1] - 1
-    return round(math.exp(nll / max(count, 1)), 4)
+    import torch
+
+    with torch.no_grad():
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+        nll, count = 0.0, 0
+        for start in range(0, max(len(ids) - 1, 1), max_length):
+            chunk = ids[start:start + max_length + 1].unsqueeze(0).to(device)
+            if chunk.shape[1] < 2:
+                break
+            logits = model(input_ids=chunk[:, :-1]).logits.float()
+            nll += torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
+            count += chunk.shape[1] - 1
+        return round(math.exp(nll / max(count, 1)), 4)
 
 
-def report(cfg, task, strategy, trained, tokenizer, eval_set, collator, run_path: Path) -> dict:
+def report(cfg, task, strategy, trained, tokenizer, eval_set, collator, run_path: Path, base_path: str) -> dict:
     """The retention entry of results.json, and retention.png."""
+    from llmft.artifacts import plain_model
     from llmft.models.loading import load_model, revision_kwargs
-    from llmft.models.loading import resolve_model_path
 
     after = plain_model(trained)
-    base_path = resolve_model_path(cfg.model.name_or_path)
     device = next(after.parameters()).device
     before = load_model(base_path, task, tokenizer, cfg.model.trust_remote_code, strategy.model_class(base_path),
                         **revision_kwargs(cfg.model.revision)).to(device).eval()
@@ -134,7 +163,7 @@ def report(cfg, task, strategy, trained, tokenizer, eval_set, collator, run_path
             out["cka_last_hidden"] = None
             out["cka_skipped"] = str(err).splitlines()[0][:200]
     eval_file = cfg.train.retention.eval_file
-    if eval_file and task.name == "sft":
+    if eval_file and task.logits == "causal":
         text = Path(eval_file).read_text(encoding="utf-8")
         out["perplexity"] = {"file": str(eval_file),
                              "before": perplexity(before, tokenizer, text, cfg.data.max_length, device),
