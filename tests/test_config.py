@@ -67,8 +67,7 @@ def test_the_documented_knobs_exist():
 def test_scheduler_names_match_transformers():
     from transformers.trainer_utils import SchedulerType
 
-    from llmft.cli.validate import LR_SCHEDULERS
-    from llmft.runtime.trainer import TORCH_SCHEDULERS
+    from llmft.runtime.trainer import LR_SCHEDULERS, TORCH_SCHEDULERS
 
     # every transformers name, plus torch's one_cycle and cyclic (llmft builds those itself)
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} | set(TORCH_SCHEDULERS)
@@ -156,3 +155,37 @@ def test_the_parameter_efficient_strategies_train_faster_than_full():
     rate = {p.stem: float(yaml.safe_load(p.read_text()).get("lr", 0)) for p in STRATEGY_FILES}
     for name in ("lora", "dora", "qlora", "ia3", "bitfit", "adapter", "prompt_tuning", "p_tuning", "prefix"):
         assert rate[name] >= 10 * rate["full"], name
+
+
+VALIDATE_WITHOUT_TORCH = """
+import sys
+from hydra import compose, initialize_config_dir
+from llmft.cli.app import config_dir
+from llmft.cli.validate import register_configs, validate
+from llmft.core.errors import UserError
+
+register_configs()
+with initialize_config_dir(config_dir(), version_base="1.3"):
+    for overrides in ([], ["strategy=lora"], ["hardware=cpu_zero2"], ["strategy=pet", "model=smollm2"],
+                      ["train.early_stopping.patience=2", "train.eval_steps=5", "train.distill.alpha=0.3"]):
+        validate(compose("train", overrides=overrides))
+    try:
+        validate(compose("train", overrides=["train.cyclic.mode=bogus"]))
+    except UserError as err:
+        print("refused:", err)
+heavy = sorted(m for m in ("torch", "transformers", "peft", "datasets", "deepspeed") if m in sys.modules)
+print("heavy:", heavy)
+"""
+
+
+def test_validation_imports_no_torch():
+    """Composing and validating a config (every owner's checks, every technique's) stays torch-free:
+    what keeps `--help`, `--cfg job` and the pre-flight of a sweep instant."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", VALIDATE_WITHOUT_TORCH], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: train.cyclic.mode='bogus' is not one of: triangular, triangular2, exp_range" in proc.stdout
+    assert "heavy: []" in proc.stdout, proc.stdout

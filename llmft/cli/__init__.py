@@ -4,41 +4,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {
-    "train": "fine-tune a model and evaluate it on the held-out split",
-    "eval": "re-evaluate a saved model or adapter: llmft eval model_dir=RUN/model",
-    "predict": "label new inputs: llmft predict model_dir=RUN/model predict.input_file=X.jsonl",
-    "export": "merge an adapter or convert: llmft export model_dir=RUN/model [export.format=bf16|fp16|int8]",
-    "distill": "train a smaller student on a teacher: llmft distill teacher=RUN/model student.layers=3",
-    "bench-infer": "fp32 vs bf16 vs int8 (and students): size, accuracy, latency, throughput",
-    "report": "compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png",
-}
-
-USAGE = f"""usage: llmft COMMAND [OVERRIDE ...] [-m] [--cfg job] [--help]
-
-commands:
-{chr(10).join(f"  {name:<11} {text}" for name, text in COMMANDS.items())}
-
-With no overrides, `llmft train` runs the default experiment: full fine-tuning of MiniLM-L6 on
-12,000 sentiment-labelled tweets, evaluated on 1,908 held-out ones (a few minutes on a CPU).
-
-overrides (Hydra syntax):
-  model=minilm|hf  data=tweet_sentiment|csv|hub  +strategy=full|lora (or strategy=...)
-  hardware=cpu|gpu|cpu_zero2|cpu_zero3|gpu_zero2|gpu_zero3|gpu_zero3_offload|multinode
-  logger=none|wandb  experiment=tweets_lora|smoke  hparams_search=optuna  hydra/launcher=slurm
-  seed=1 train.lr=3e-4 train.epochs=2 train.batch_size=16 data.max_train_samples=2000 ...
-  train.class_weights=balanced train.retention.l2sp=0.01 train.distill.teacher=RUN
-  train.early_stopping.patience=3 train.eval_steps=100 train.lr_scheduler=cyclic
-  hydra.run.dir=PATH                     where the run folder goes
-flags:
-  -m                                     sweep: llmft train -m +strategy=full,lora train.lr=1e-4,3e-4
-  --cfg job                              print the composed config and exit
-  llmft COMMAND --help                   every config group and option for that command
-"""
-
-
-# commands that load a saved model/: their trust_remote_code is top-level (train's is model.*)
-SAVED_MODEL_COMMANDS = ("eval", "predict", "export", "bench-infer")
+from llmft.cli.table import COMMANDS, usage
 
 
 def normalize_overrides(args: list[str], command: str = "train") -> list[str]:
@@ -47,7 +13,7 @@ def normalize_overrides(args: list[str], command: str = "train") -> list[str]:
     ``model.trust_remote_code=V`` for the commands that load a saved model (users type both)."""
     out = []
     for a in args:
-        if a.startswith("model.trust_remote_code=") and command in SAVED_MODEL_COMMANDS:
+        if a.startswith("model.trust_remote_code=") and command in COMMANDS and COMMANDS[command].loads_saved:
             a = a[len("model."):]
         elif a.startswith("+strategy="):
             a = "strategy=" + a[len("+strategy="):]
@@ -66,7 +32,7 @@ def normalize_overrides(args: list[str], command: str = "train") -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
         from llmft import __version__
@@ -78,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmft: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    if command == "report":  # not a Hydra command: it reads finished runs
+    if COMMANDS[command].module is None:  # report: not a Hydra command, it reads finished runs
         from llmft.commands.report import main as report
 
         return report(argv[1:])

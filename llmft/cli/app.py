@@ -12,13 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+from llmft.cli.table import COMMANDS, config_dir, config_name
 from llmft.core.errors import EXIT_USER_ERROR, UserError
 from llmft.runtime.run_lock import check_unlocked, is_lock_holder, run_lock
 
-MODULES = {"train": "llmft.commands.train", "eval": "llmft.commands.evaluate", "predict": "llmft.commands.predict", "export": "llmft.commands.export",
-           "bench-infer": "llmft.commands.bench_infer", "distill": "llmft.commands.train"}  # each has main(cfg, run_path)
-# `llmft distill` is a training run (config train.yaml) whose model learns from a teacher
-CONFIG_NAMES = {"distill": "train"}
 # Hydra flags that take a value (the next argument is not an override).
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -27,15 +24,6 @@ _PLUGIN_HINTS = {
     "hydra/sweeper": " (Optuna: pip install 'llmft[sweep]')",
 }
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
-
-
-def config_dir() -> str:
-    """The Hydra tree: packaged inside the wheel as llmft/configs, or ./configs in a checkout."""
-    here = Path(__file__).resolve().parents[1]  # llmft/
-    for candidate in (here / "configs", here.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"llmft's configs/ folder is missing next to {here}; reinstall llmft")
 
 
 def fail(err: UserError) -> None:
@@ -59,7 +47,7 @@ def run(command: str, args: list[str]) -> int:
 
     import hydra
 
-    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=CONFIG_NAMES.get(command, command))
+    @hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name(command))
     def entry(cfg):
         from hydra.core.hydra_config import HydraConfig
 
@@ -70,15 +58,15 @@ def run(command: str, args: list[str]) -> int:
             cfg = prepare_config(command, cfg, list(hydra_cfg.overrides.task))
             from llmft.cli.validate import validate
 
-            validate(cfg)
+            validate(cfg, command)
             run_dir = hydra_cfg.runtime.output_dir
             with run_lock(run_dir):  # one llmft writes a run folder at a time
-                if command in ("train", "distill"):
+                if COMMANDS[command].trains:
                     from llmft.cli.launch import train
 
                     return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
                                  str(hydra_cfg.mode) == "RunMode.MULTIRUN")
-                return importlib.import_module(MODULES[command]).main(cfg, run_dir)
+                return importlib.import_module(f"llmft.commands.{COMMANDS[command].module}").main(cfg, run_dir)
         except UserError as err:
             fail(err)
         except Preempted as err:  # a checkpoint is saved: the rerun (or the requeued job) resumes
@@ -127,7 +115,7 @@ def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
     for combo in _combinations(overrides):
         with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
             try:
-                cfg = compose(CONFIG_NAMES.get(command, command), overrides=combo, return_hydra_config=True)
+                cfg = compose(config_name(command), overrides=combo, return_hydra_config=True)
                 launcher = cfg.hydra.launcher
                 check_launcher(launcher)
                 check_search(cfg)
@@ -139,7 +127,7 @@ def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
                 raise UserError(explain(err)) from None
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(prepare_config(command, cfg, combo))
+        validate(prepare_config(command, cfg, combo), command)
 
 
 def check_launcher(launcher) -> None:

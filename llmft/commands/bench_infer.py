@@ -14,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from llmft.core.errors import UserError
-from llmft.runtime.run_dir import dumps
 
 
 def main(cfg, run_path: str | Path) -> dict:
+    import torch
+
     from llmft.data.files import load_splits
     from llmft.runtime.display import console
     from llmft.artifacts import load_saved, read_metadata
@@ -75,12 +75,15 @@ def main(cfg, run_path: str | Path) -> dict:
         f"{torch.get_num_threads()} CPU threads.\n\n{table}\n")
     results = {"status": "completed", "model_dir": str(model_dir), "primary_metric": task.primary_metric,
                "eval_examples": len(features), "variants": rows}
+    from llmft.runtime.run_dir import dumps
+
     (run / "results.json").write_text(dumps(results, indent=2) + "\n")
     return results
 
 
-@torch.no_grad()
 def measure(model, task, features, collate, cfg) -> dict:
+    import torch
+
     from transformers import EvalPrediction
 
     device = next(model.parameters()).device
@@ -88,7 +91,8 @@ def measure(model, task, features, collate, cfg) -> dict:
 
     def run(batch_features):
         batch = collate([dict(f) for f in batch_features])
-        return model(**{k: v.to(device) for k, v in batch.items() if k in inputs}).logits, batch["labels"]
+        with torch.no_grad():
+            return model(**{k: v.to(device) for k, v in batch.items() if k in inputs}).logits, batch["labels"]
 
     logits, labels = [], []
     for start in range(0, len(features), cfg.batch_size):  # metrics over the whole eval split
@@ -133,3 +137,13 @@ def render(rows: list[dict], primary: str, metric_names) -> str:
                  f"{r['throughput_x']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def validate(cfg) -> None:
+    """llmft bench-infer's own knobs (torch-free)."""
+    from llmft.core.errors import require, require_one_of
+
+    for variant in cfg.variants:
+        require_one_of("variants", variant, ("fp32", "bf16", "fp16", "int8"))
+    for key in ("latency_examples", "throughput_examples", "batch_size"):
+        require(cfg[key] >= 1, key, f"must be >= 1 (got {cfg[key]})")

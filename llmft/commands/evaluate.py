@@ -55,3 +55,10 @@ def main(cfg, run_path: str | Path) -> dict:
     run.write_results(results)
     print_results(results)
     return results
+
+
+def validate(cfg) -> None:
+    """llmft eval's own knobs (torch-free)."""
+    from llmft.core.errors import require
+
+    require(cfg.batch_size >= 1, "batch_size", f"must be >= 1 (got {cfg.batch_size})")

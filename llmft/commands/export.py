@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmft.core.errors import UserError
-from llmft.runtime.run_dir import dumps
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +75,8 @@ def main(cfg, run_path: str | Path) -> dict:
     console.print(f"{message}\n{fmt} model: {out}")
     result = {"status": "completed", **record["result"], "output_dir": str(out), "source": str(model_dir),
               "check": record["check"]}
+    from llmft.runtime.run_dir import dumps
+
     (Path(run_path) / "export.json").write_text(dumps(result, indent=2) + "\n")
     return result
 
@@ -271,3 +272,13 @@ def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp:
                f"{agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB of weights")
     return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
             "check": check}, message
+
+
+def validate(cfg) -> None:
+    """llmft export's own knobs (torch-free)."""
+    from llmft.core.errors import require
+
+    require(cfg.check_examples >= 1, "check_examples", "must be >= 1 (the export is checked on them)")
+    require(cfg.tolerance is None or cfg.tolerance > 0, "tolerance", "must be > 0 or null (the format's own)")
+    if cfg.output_dir:
+        require(not Path(cfg.output_dir).is_file(), "output_dir", f"{cfg.output_dir} is a file, not a folder")

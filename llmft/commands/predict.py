@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from llmft.runtime.run_dir import dumps
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ def main(cfg, run_path: str | Path) -> dict:
 
     out = Path(cfg.predict.output_file) if cfg.predict.output_file else run.path / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    from llmft.runtime.run_dir import dumps
+
     out.write_text("".join(dumps(r) + "\n" for r in records))
     summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
                "precision": cfg.predict.precision, "compile": cfg.predict.compile,
@@ -55,3 +56,15 @@ def main(cfg, run_path: str | Path) -> dict:
              summary["examples_per_s"] or 0, out)
     console.print(f"{len(records)} predictions in {seconds:.2f} s ({summary['examples_per_s']} examples/s): {out}")
     return summary
+
+
+def validate(cfg) -> None:
+    """llmft predict's own knobs (torch-free)."""
+    from llmft.core.errors import require
+    from llmft.core.paths import resolve_path
+
+    require(cfg.predict.batch_size >= 1, "predict.batch_size", f"must be >= 1 (got {cfg.predict.batch_size})")
+    require(resolve_path(cfg.predict.input_file, "predict.input_file").is_file(), "predict.input_file",
+            f"file not found: {cfg.predict.input_file}")
+    out = cfg.predict.output_file
+    require(not out or not Path(out).is_dir(), "predict.output_file", f"{out} is a folder; name a file in it")

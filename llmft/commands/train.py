@@ -24,7 +24,7 @@ from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerpri
 from llmft.runtime.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
 from llmft.strategies import build_strategy, strategy_class
 from llmft.tasks import build_task
-from llmft.techniques import distillation, multitask, retention, sampling
+from llmft.techniques import distillation, multitask, neftune, retention, sampling
 from llmft.techniques.early_stopping import EarlyStopping
 from llmft.techniques.objective import from_config as objective_from_config
 
@@ -94,7 +94,7 @@ def train_model(cfg, run, task, strategy, splits, ds_config, report_to, resume_f
     trainer = build_trainer(
         args, model, tokenizer, task, train_set,
         callbacks=[*strategy.callbacks(), *run.callbacks(ident, cfg.hardware.zero_stage), preemption, *callbacks,
-                   *stopping.callbacks],
+                   *stopping.callbacks, *neftune.callbacks(cfg)],
         param_groups=param_groups, objective=objective, train_cfg=cfg.train,
         sample_weights=sampling.sample_weights(cfg, train_set),
         eval_dataset=stopping.eval_dataset(sets["validation"]), compute_metrics=stopping.compute_metrics(task),

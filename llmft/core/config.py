@@ -1,17 +1,28 @@
-"""Structured configs: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+"""Structured configs: one dataclass per Hydra group (cli/app.py stores them in Hydra's ConfigStore).
 
 Every YAML in ``configs/<group>/`` starts with ``defaults: [<group>_schema]`` (strategies:
 ``<name>_schema``), so Hydra checks each key and type against these dataclasses while composing.
-``validate`` adds the checks types cannot express (ranges, required files); it runs before any
-model or data loads. Keep this module light: ``llmft --help`` and config composition import it.
+A knob with a fixed set of values says so on its field (``choice``), and ``check_choices`` checks
+them all; the checks types cannot express (ranges, files, combinations) live beside the code that
+owns each knob (cli/validate.py runs them). This module is the bottom of the package: it imports
+nothing of llmft but errors, and no torch.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from llmft.core.errors import require_one_of
+
+
+def choice(default, *others):
+    """A field whose value is one of ``default, *others`` (MISSING: required, no default)."""
+    options = tuple(o for o in (default, *others) if o is not MISSING)
+    return field(default=default, metadata={"choices": options})
 
 
 @dataclass
@@ -22,7 +33,7 @@ class ModelConfig:
     revision: Optional[str] = None
     trust_remote_code: bool = False  # never on unless asked for
     # Task heads that a model without a pad token needs (e.g. Llama for classification).
-    pad_token_fallback: str = "eos"  # eos | none
+    pad_token_fallback: str = choice("eos", "none")
     # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/crf.py.
     crf: bool = False
     crf_lr_scale: float = 100.0  # the CRF's learning rate = train.lr * this
@@ -44,13 +55,13 @@ class DataConfig:
     name: str = MISSING
     task: str = "classification"
     # Where the data comes from: "files" (train_file/eval_file, csv or jsonl) or "hub" (hub_name).
-    source: str = "files"
+    source: str = choice("files", "hub")
     hub_name: Optional[str] = None
     hub_config: Optional[str] = None
     train_file: Optional[str] = None  # local path or "pkg:<package>/<path>"
     validation_file: Optional[str] = None
     eval_file: Optional[str] = None  # the held-out split every metric is reported on
-    format: Optional[str] = None  # csv | json; None: from the file extension
+    format: Optional[str] = choice(None, "csv", "json", "conll")  # None: from the file extension
     encoding: str = "utf-8"
     text_column: str = "text"
     text_pair_column: Optional[str] = None
@@ -77,7 +88,7 @@ class DataConfig:
     split_seed: int = 1234
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
-    sampler: str = "random"  # random | balanced (each label drawn equally often; classification)
+    sampler: str = choice("random", "balanced")  # balanced: each label drawn equally often (classification)
     # Extra data trained together with this one (llmft/multitask.py), each a mapping:
     # {kind: lm|classification, train_file: PATH, weight: 0.2, name, text_column, label_column, labels}
     aux: List[Any] = field(default_factory=list)
@@ -118,13 +129,13 @@ class StrategyConfig:
 @dataclass
 class HardwareConfig:
     name: str = MISSING
-    accelerator: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    accelerator: str = choice("auto", "cpu", "cuda")
+    precision: str = choice("fp32", "bf16", "fp16")
     nproc_per_node: int = 1  # processes (ranks) per node; > 1 and llmft starts them itself
     nnodes: int = 1  # nodes (multi-node runs start from SLURM or your launcher)
     zero_stage: int = 0  # DeepSpeed ZeRO: 0 = plain DDP (no DeepSpeed), 1, 2, 3
-    offload_optimizer: str = "none"  # none | cpu | nvme (ZeRO >= 2)
-    offload_param: str = "none"  # none | cpu | nvme (ZeRO 3)
+    offload_optimizer: str = choice("none", "cpu", "nvme")  # ZeRO >= 2
+    offload_param: str = choice("none", "cpu", "nvme")  # ZeRO 3
     nvme_path: Optional[str] = None  # for nvme offload
     zero3_persistence_threshold: Optional[int] = None  # parameters smaller than this stay whole (DeepSpeed: 1e5)
     gradient_checkpointing: bool = False
@@ -138,17 +149,17 @@ class HardwareConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = MISSING  # none | wandb
+    name: str = choice(MISSING, "none", "wandb")
     project: str = "llmft"
     entity: Optional[str] = None
-    mode: str = "offline"  # wandb: offline | online | disabled
+    mode: str = choice("offline", "online", "disabled")  # wandb
     tags: List[str] = field(default_factory=list)
 
 
 @dataclass
 class CyclicConfig:
     """train.lr_scheduler=cyclic: torch's CyclicLR between base_lr and max_lr."""
-    mode: str = "triangular"  # triangular | triangular2 | exp_range
+    mode: str = choice("triangular", "triangular2", "exp_range")
     base_lr: Optional[float] = None  # null: train.lr / 10
     max_lr: Optional[float] = None  # null: train.lr
     step_size: int = 100  # optimizer steps from base_lr up to max_lr (a cycle is twice that)
@@ -159,7 +170,7 @@ class CyclicConfig:
 class EarlyStoppingConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0: off
     metric: Optional[str] = None  # null: the task's primary metric (classification, ner) or loss
-    mode: str = "auto"  # max | min | auto (min for loss, max otherwise)
+    mode: str = choice("auto", "max", "min")  # auto: min for loss, max otherwise
     threshold: float = 0.0  # the least change that counts as an improvement
 
 
@@ -198,15 +209,16 @@ class TrainConfig:
     num_cycles: float = 1.0  # cosine_with_restarts: restarts (cosine: 0.5 = one half-wave)
     power: float = 1.0  # polynomial decay
     cyclic: CyclicConfig = field(default_factory=CyclicConfig)
-    optim: str = "adamw"  # adamw (torch's fused kernel) | sgd | adafactor
+    optim: str = choice("adamw", "sgd", "adafactor")  # adamw: torch's fused kernel
     momentum: float = 0.9  # sgd
-    loss: str = "ce"  # ce | focal (classification, ner)
+    loss: str = choice("ce", "focal")  # classification, ner
     focal_gamma: float = 2.0
     class_weights: Any = "none"  # none | balanced | [w per label] (weighted cross-entropy; classification, ner)
     eval_steps: int = 0  # > 0: evaluate on the validation split every N steps (early stopping)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    neftune_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (SFT); 0: off
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)
@@ -246,7 +258,7 @@ class PredictConfig:
     input_file: str = MISSING  # csv or json lines with the data config's text column(s)
     output_file: Optional[str] = None  # default: <run folder>/predictions.jsonl
     batch_size: int = 64
-    precision: str = "fp32"  # fp32 | bf16 | int8 (dynamic quantization, CPU): converted after loading
+    precision: str = choice("fp32", "bf16", "int8")  # int8: dynamic quantization (CPU), converted after loading
     compile: bool = False  # torch.compile the model first
 
 
@@ -267,7 +279,7 @@ class ExportRunConfig:
     output_dir: Optional[str] = None  # default: next to model_dir, as <format>/ (merged/, bf16/, ...)
     data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
     hardware: HardwareConfig = MISSING
-    format: str = "merged"  # merged (adapters) | bf16 | fp16 | int8 (see llmft/precision.py)
+    format: str = choice("merged", "bf16", "fp16", "int8")  # merged: adapters; see models/precision.py
     check_examples: int = 8
     # max |exported - source| logit difference relative to the logit scale; null: the format's
     # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1)
@@ -289,3 +301,27 @@ class BenchInferRunConfig:
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
     print_config: bool = False
+
+
+RUN_CONFIGS = (TrainRunConfig, EvalRunConfig, PredictRunConfig, ExportRunConfig, BenchInferRunConfig)
+
+
+def check_choices(cfg) -> None:
+    """Every field declared with ``choice`` holds one of its values (the first wrong one is named
+    with its full key). Walks the schemas of whatever sections the composed config has."""
+    roots = {}
+    for run_config in RUN_CONFIGS:
+        roots.update({f.name: (f, typing.get_type_hints(run_config)[f.name]) for f in dataclasses.fields(run_config)})
+    _walk(cfg, roots, "")
+
+
+def _walk(node, fields: dict, prefix: str) -> None:
+    for name, (f, kind) in fields.items():
+        if name not in node or OmegaConf.is_missing(node, name):
+            continue
+        key = f"{prefix}{name}"
+        if "choices" in f.metadata:
+            require_one_of(key, node[name], f.metadata["choices"])
+        elif dataclasses.is_dataclass(kind):
+            hints = typing.get_type_hints(kind)
+            _walk(node[name], {g.name: (g, hints[g.name]) for g in dataclasses.fields(kind)}, f"{key}.")

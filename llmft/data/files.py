@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.core.paths import resolve_path
 
 log = logging.getLogger(__name__)
@@ -162,3 +162,28 @@ def _find_cause(err: BaseException, kind: type, last: bool = False):
             found = err
         err = err.__cause__ or err.__context__
     return found
+
+
+def validate_data(d) -> None:
+    """The data section's generic checks (torch-free); the task checks its own keys."""
+    require(d.max_length >= 8, "data.max_length", f"must be >= 8 (got {d.max_length})")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = d[key]
+        require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null (got {value})")
+    for key in ("validation_fraction", "eval_fraction"):
+        require(0 <= d[key] < 1, f"data.{key}", f"must be in [0, 1) (got {d[key]})")
+    require(d.validation_fraction + d.eval_fraction < 1, "data.validation_fraction",
+            f"+ data.eval_fraction must leave rows to train on (got {d.validation_fraction} + {d.eval_fraction})")
+    if d.labels is not None:
+        labels = [str(x) for x in d.labels]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        require(not repeated, "data.labels", f"lists {repeated} more than once")
+    if d.source == "hub":
+        require(bool(d.hub_name), "data.hub_name", "is required when data.source=hub")
+        return
+    require(bool(d.train_file) or bool(d.eval_file), "data.train_file",
+            "is required: add data.train_file=PATH (csv or jsonl)")
+    for key in ("train_file", "validation_file", "eval_file"):
+        if d[key]:
+            path = resolve_path(d[key], key=f"data.{key}")
+            require(path.is_file(), f"data.{key}", f"file not found: {path}")

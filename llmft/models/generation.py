@@ -49,3 +49,16 @@ def generation_metrics(generations: list[str], references: list[str], bleu: bool
         out["bleu"] = round(sacrebleu.corpus_bleu(generations, [references]).score, 4)
     out["generated"] = len(generations)
     return out
+
+
+def validate_generate(g) -> None:
+    """The generate section (torch-free)."""
+    from llmft.core.errors import require
+
+    for key in ("max_new_tokens", "num_beams", "batch_size"):
+        require(g[key] >= 1, f"generate.{key}", f"must be >= 1 (got {g[key]})")
+    require(g.max_examples is None or g.max_examples >= 1, "generate.max_examples", "must be >= 1 or null (all)")
+    require(g.temperature > 0, "generate.temperature", f"must be > 0 (got {g.temperature})")
+    require(0 < g.top_p <= 1, "generate.top_p", f"must be in (0, 1] (got {g.top_p})")
+    require(g.top_k >= 0, "generate.top_k", f"must be >= 0 (got {g.top_k})")
+    require(g.repetition_penalty > 0, "generate.repetition_penalty", f"must be > 0 (got {g.repetition_penalty})")

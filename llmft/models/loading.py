@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.core.paths import PKG_PREFIX, resolve_path
 
 log = logging.getLogger(__name__)
@@ -117,3 +117,31 @@ def count_parameters(model) -> dict:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def validate_model(cfg) -> None:
+    """A local model folder (read without torch): it is a model, and data.max_length fits its positions."""
+    import json
+
+    spec = cfg.model.name_or_path
+    if spec.startswith("gguf:"):
+        return
+    path = resolve_path(spec, key="model.name_or_path") if spec.startswith(PKG_PREFIX) else Path(spec).expanduser()
+    if not path.is_dir():
+        return  # a hub id, or a missing folder (resolve_model_path says so)
+    config_file = path / "config.json"
+    require(config_file.is_file(), "model.name_or_path",
+            f"{path} is a folder but not a model (no config.json); point it at a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"model.name_or_path: {config_file} is not valid JSON ({err})") from None
+    if any(k in config for k in ("rope_theta", "rope_parameters", "rope_scaling")):
+        return  # rotary positions: no table to run past
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(limit, int) and config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # their position ids start after the padding index
+    if isinstance(limit, int) and "data" in cfg:
+        require(cfg.data.max_length <= limit, "data.max_length",
+                f"{cfg.data.max_length} is past the model's {limit} positions (max_position_embeddings in "
+                f"{config_file}); use data.max_length<={limit}")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +293,25 @@ def memory_figures() -> dict:
         torch.distributed.all_gather_object(every, figures)
         figures = {**figures, "per_rank": every}
     return figures
+
+
+def validate_hardware(hw) -> None:
+    """The hardware section (torch-free: runs before anything loads)."""
+    require(hw.zero_stage in (0, 1, 2, 3), "hardware.zero_stage",
+            f"must be 0 (no DeepSpeed), 1, 2 or 3 (got {hw.zero_stage})")
+    require(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
+    require(hw.nnodes >= 1, "hardware.nnodes", "must be >= 1")
+    require(hw.collective_timeout_s > 0, "hardware.collective_timeout_s",
+            f"must be > 0 seconds (got {hw.collective_timeout_s})")
+    for kind, stage in (("optimizer", 2), ("param", 3)):
+        device = hw[f"offload_{kind}"]
+        if device != "none":
+            require(hw.zero_stage >= stage, f"hardware.offload_{kind}",
+                    f"needs hardware.zero_stage>={stage} (got {hw.zero_stage})")
+            require(hw.accelerator != "cpu", f"hardware.offload_{kind}",
+                    "offloads from a GPU; with hardware.accelerator=cpu everything is in CPU memory already")
+            require(device != "nvme" or bool(hw.nvme_path), "hardware.nvme_path", "is required for nvme offload")
+    require(not (hw.precision == "fp16" and hw.accelerator == "cpu"), "hardware.precision",
+            "fp16 needs a GPU; on the CPU use bf16 or fp32")
+    if hw.device_map is not None:
+        require(hw.device_map == "auto", "hardware.device_map", f"must be auto or null (got {hw.device_map})")

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require, require_one_of
 
 
 def use_cpu(hardware) -> bool:
@@ -328,3 +328,35 @@ def finish_tracker(results: dict | None) -> None:
         wandb.run.summary.update({f"final/{k}": v for k, v in results["eval"].items()
                                   if isinstance(v, (int, float))})
     wandb.finish(exit_code=0 if results is not None else 1)
+
+
+# transformers' SchedulerType values, listed here because importing transformers.trainer_utils
+# costs ~3 s (it pulls torch and peft); tests/test_config.py checks the list against it.
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy", "one_cycle", "cyclic",
+)
+
+
+def validate_train(t) -> None:
+    """The train section's own knobs (torch-free); the techniques check theirs."""
+    require(t.lr > 0, "train.lr", f"must be > 0 (got {t.lr})")
+    require(t.batch_size >= 1, "train.batch_size", f"must be >= 1 (got {t.batch_size})")
+    require(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    require(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1 (got {t.grad_accum})")
+    require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "must be > 0 unless train.max_steps > 0")
+    require(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {t.warmup_ratio})")
+    require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {t.weight_decay})")
+    require(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 turns clipping off)")
+    require(t.logging_steps >= 1, "train.logging_steps", "must be >= 1")
+    require(t.save_steps >= 0, "train.save_steps", "must be >= 0 (0: no intermediate checkpoints)")
+    require(t.save_total_limit >= 1, "train.save_total_limit", "must be >= 1")
+    require_one_of("train.lr_scheduler", t.lr_scheduler, LR_SCHEDULERS)
+    require(t.eval_steps >= 0, "train.eval_steps", "must be >= 0")
+    if t.lr_scheduler == "cyclic":
+        c = t.cyclic
+        require(c.step_size >= 1, "train.cyclic.step_size", "must be >= 1")
+        top, bottom = c.max_lr or t.lr, c.base_lr if c.base_lr is not None else (c.max_lr or t.lr) / 10
+        require(0 <= bottom < top, "train.cyclic.base_lr", f"must be below max_lr ({bottom} vs {top})")
+    require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")

@@ -45,6 +45,14 @@ class Strategy:
     def validate_config(cls, run_cfg) -> None:
         """Raise UserError for impossible combinations (wrong task, bad knob values)."""
 
+    @classmethod
+    def check_hardware(cls, run_cfg) -> None:
+        """The DeepSpeed ZeRO stage the hardware asks for is one this strategy runs under."""
+        stage = run_cfg.hardware.zero_stage
+        if stage > cls.zero_stages:
+            raise UserError(f"hardware.zero_stage: strategy={cls.name} supports ZeRO up to stage {cls.zero_stages} "
+                            f"({cls.zero_note}); use hardware=cpu or a lower zero_stage")
+
     def model_load_kwargs(self) -> dict:
         return {}
 

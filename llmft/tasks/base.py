@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from llmft.core.errors import UserError
 from llmft.core.registry import Registry
 
 TASKS = Registry("llmft.tasks", key="data.task")
@@ -39,6 +40,13 @@ class Task:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # a task (a helper subclass without its own name is not)
             TASKS.register(cls)
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        """The task's own keys and options in a run config (torch-free; before anything loads)."""
+        if "model" in cfg and cfg.model.crf and not cls.crf:
+            crf_tasks = " or ".join(n for n in TASKS.names() if TASKS.get(n).crf)
+            raise UserError(f"model.crf: is for data.task={crf_tasks} (got {cfg.data.task}); drop model.crf=true")
 
     def __init__(self, data_cfg, labels: list[str] | None = None):
         self.data_cfg = data_cfg

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.tasks.base import Task
 
 LABEL_COLUMN = "labels"  # the column name HF models read the targets from
@@ -18,6 +18,13 @@ class Classification(Task):
     primary_metric = "accuracy"
     loop_metric_names = ("accuracy", "macro_f1")
     stratify_column = LABEL_COLUMN
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        super().validate_config(cfg)
+        labels = cfg.data.labels
+        require(labels is None or len(labels) >= 2, "data.labels",
+                f"a classifier needs at least 2 labels (got {[str(x) for x in labels or []]})")
 
     def input_columns(self) -> list[str]:
         return [c for c in (self.data_cfg.text_column, self.data_cfg.text_pair_column) if c]

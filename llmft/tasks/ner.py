@@ -7,7 +7,7 @@ sub-word of each word carries the word's tag, the rest are ignored in the loss a
 """
 from __future__ import annotations
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.data.formats import check_bio
 from llmft.tasks.base import Task, check_finite
 
@@ -122,6 +122,13 @@ class NER(Task):
         if predicted <= {"O"}:
             return [f"tags every token O: no entity found in {len(records)} eval sentences (entity F1 0)"]
         return ["entity F1 is 0: no predicted entity matches a gold one"] if metrics.get("f1") == 0 else []
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        if "model" in cfg and cfg.model.crf:
+            require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
+            require("hardware" not in cfg or cfg.hardware.zero_stage < 3, "model.crf",
+                    "does not run under ZeRO-3 yet; use zero_stage<=2")
 
     def wrap(self, model, param_groups, model_cfg) -> tuple:
         if not model_cfg.crf:

@@ -13,7 +13,7 @@ import collections
 import re
 import string
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.tasks.base import Task
 
 
@@ -23,6 +23,14 @@ class QA(Task):
     peft_task_type = "QUESTION_ANS"
     primary_metric = "f1"
     file_layouts = {".json": "squad"}  # a .json file is SQuAD's nested JSON (.jsonl: one row a line)
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        super().validate_config(cfg)
+        d = cfg.data
+        require(0 < d.doc_stride < d.max_length, "data.doc_stride",
+                f"must be > 0 and below data.max_length={d.max_length} (got {d.doc_stride}): windows overlap by it")
+        require(d.max_answer_length >= 1, "data.max_answer_length", "must be >= 1")
 
     def input_columns(self) -> list[str]:
         return ["question", "context"]
