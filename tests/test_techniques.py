@@ -290,6 +290,8 @@ def test_multi_task_trains_a_second_head_and_saves_the_main_model(tmp_path, tiny
     ("[{kind:lm,train_file:/no/such.txt}]", "kind=lm goes with data.task=sft"),
     ("[{kind:classification,train_file:/no/such.csv}]", "file not found"),
     ("[{kind:classification,train_file:FILE,weight:1.5}]", "weight: must be in (0, 1)"),
+    ("[{kind:bogus,train_file:FILE}]", "data.aux[0].kind='bogus' is not one of: lm, classification"),
+    ("[{kind:classification,train_file:FILE,colour:3}]", "colour: no such key"),
 ])
 def test_aux_errors(tmp_path, tiny_bert, tiny_data, spec, message):
     spec = spec.replace("FILE", str(tiny_data["train"]))

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 from llmft.core.config import (BenchInferRunConfig, DataConfig, EvalRunConfig, ExportRunConfig, HardwareConfig,
                                LoggerConfig, ModelConfig, PredictRunConfig, TrainRunConfig, check_choices)
-from llmft.commands import bench_infer, evaluate, export, predict
 from llmft.core.errors import UserError
 from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
@@ -23,9 +22,6 @@ from llmft.strategies import strategy_class, strategy_configs
 from llmft.tasks import TASKS
 from llmft.techniques import validate_all as validate_techniques
 
-# the commands with top-level knobs of their own, checked by their module
-COMMAND_CHECKS = {"eval": evaluate.validate, "predict": predict.validate, "export": export.validate,
-                  "bench-infer": bench_infer.validate}
 
 
 def register_configs() -> None:
@@ -67,8 +63,22 @@ def validate(cfg, command: str = "train") -> None:
         validate_model(cfg)
     if "generate" in cfg:
         validate_generate(cfg.generate)
-    if command in COMMAND_CHECKS:
-        COMMAND_CHECKS[command](cfg)
+    check_command(cfg, command)
     task.validate_config(cfg)
     if strategy is not None:
         strategy.validate_config(cfg)
+
+
+def check_command(cfg, command: str) -> None:
+    """A command's own top-level knobs, checked by its module (imported for that command only)."""
+    if command == "eval":
+        from llmft.commands.evaluate import validate as check
+    elif command == "predict":
+        from llmft.commands.predict import validate as check
+    elif command == "export":
+        from llmft.commands.export import validate as check
+    elif command == "bench-infer":
+        from llmft.commands.bench_infer import validate as check
+    else:
+        return  # train, distill: their knobs are the sections checked above
+    check(cfg)

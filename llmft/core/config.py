@@ -1,4 +1,4 @@
-"""Structured configs: one dataclass per Hydra group (cli/app.py stores them in Hydra's ConfigStore).
+"""Structured configs: one dataclass per Hydra group (cli/validate.py stores them in Hydra's ConfigStore).
 
 Every YAML in ``configs/<group>/`` starts with ``defaults: [<group>_schema]`` (strategies:
 ``<name>_schema``), so Hydra checks each key and type against these dataclasses while composing.
@@ -10,6 +10,7 @@ nothing of llmft but errors, and no torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -51,6 +52,22 @@ class PromptConfig:
 
 
 @dataclass
+class AuxConfig:
+    """One extra data set trained together with the main one (techniques/multitask.py)."""
+    train_file: str = MISSING  # .txt (kind lm), csv or json lines
+    # lm: plain text replayed as next-token prediction (data.task=sft); classification: a second
+    # labelled set with its own head on the shared encoder (data.task=classification)
+    kind: str = choice("lm", "classification")
+    weight: float = 0.2  # its share of the training examples, in (0, 1)
+    name: Optional[str] = None  # in results.json and the loss/task_<name> log; null: aux<i>
+    text_column: str = "text"
+    label_column: str = "label"  # classification
+    labels: Optional[List[str]] = None  # classification: label names in id order; null: sorted labels found
+    format: Optional[str] = choice(None, "csv", "json")  # null: from the file extension
+    encoding: Optional[str] = None  # null: utf-8 (lm), data.encoding (classification)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     task: str = "classification"
@@ -89,9 +106,9 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     sampler: str = choice("random", "balanced")  # balanced: each label drawn equally often (classification)
-    # Extra data trained together with this one (llmft/multitask.py), each a mapping:
-    # {kind: lm|classification, train_file: PATH, weight: 0.2, name, text_column, label_column, labels}
-    aux: List[Any] = field(default_factory=list)
+    # Extra data trained together with this one (techniques/multitask.py), e.g.
+    # data.aux=[{kind:classification,train_file:PATH,weight:0.2,label_column:kind}]
+    aux: List[AuxConfig] = field(default_factory=list)
     max_length: int = 128
     # train.epochs unless set (train.yaml reads ${data.epochs}): a small data set needs more passes
     epochs: float = 1.0
@@ -311,7 +328,7 @@ def check_choices(cfg) -> None:
     with its full key). Walks the schemas of whatever sections the composed config has."""
     roots = {}
     for run_config in RUN_CONFIGS:
-        roots.update({f.name: (f, typing.get_type_hints(run_config)[f.name]) for f in dataclasses.fields(run_config)})
+        roots.update(_fields(run_config))
     _walk(cfg, roots, "")
 
 
@@ -323,5 +340,13 @@ def _walk(node, fields: dict, prefix: str) -> None:
         if "choices" in f.metadata:
             require_one_of(key, node[name], f.metadata["choices"])
         elif dataclasses.is_dataclass(kind):
-            hints = typing.get_type_hints(kind)
-            _walk(node[name], {g.name: (g, hints[g.name]) for g in dataclasses.fields(kind)}, f"{key}.")
+            _walk(node[name], _fields(kind), f"{key}.")
+        elif typing.get_origin(kind) in (list, List) and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+            for i, item in enumerate(node[name]):  # a list of sections, e.g. data.aux
+                _walk(item, _fields(typing.get_args(kind)[0]), f"{key}[{i}].")
+
+
+@functools.cache
+def _fields(schema) -> dict:
+    hints = typing.get_type_hints(schema)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema)}

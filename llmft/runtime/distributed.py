@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +62,8 @@ def slurm_mode(hardware) -> str | None:
 
 def master_addr() -> str:
     """The first host of the job's node list (scontrol expands ranges like node[01-04])."""
+    import subprocess
+
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         return "127.0.0.1"
@@ -219,6 +218,8 @@ def prebuild_cpu_ops() -> None:
 
 
 def free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -284,6 +285,8 @@ def zero3_enabled(trainer) -> bool:
 
 def memory_figures() -> dict:
     """Peak memory of this process: resident set on the CPU, allocated memory on a GPU."""
+    import resource
+
     figures = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():

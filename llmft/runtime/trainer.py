@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
@@ -303,6 +302,8 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = run_path / "wandb_run_id"  # a resumed run logs into the same wandb run
+    import secrets
+
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     wandb.init(

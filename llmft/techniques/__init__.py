@@ -7,11 +7,18 @@ technique is off. Adding one: a module here, its schema in core/config.py, one r
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
 
 def validate_all(cfg, task, strategy) -> None:
     """Every technique's checks against the task and strategy classes the config names."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}").validate(cfg, task, strategy)
+    for module in modules():
+        module.validate(cfg, task, strategy)
+
+
+@functools.cache
+def modules() -> tuple:
+    """Every module in this package (the folder is the registry)."""
+    return tuple(importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__))

@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
 TASK_ID = "task_id"  # the column naming each example's task (0: the main one; models/heads.py)
 
-KINDS = ("lm", "classification")
-
-
 def validate(cfg, task, strategy) -> None:
     """Each entry a mapping with a kind the task trains with, an existing file, a weight in (0, 1)."""
     if not cfg.data.aux:
@@ -37,26 +34,20 @@ def validate(cfg, task, strategy) -> None:
     total = 0.0
     for i, aux in enumerate(cfg.data.aux):
         key = f"data.aux[{i}]"
-        if not hasattr(aux, "get"):
-            raise UserError(f"{key}: expected {{kind: lm|classification, train_file: PATH, weight: 0.2}}")
-        kind = aux.get("kind", "lm")
-        if kind not in KINDS:
-            raise UserError(f"{key}.kind: must be one of {', '.join(KINDS)} (got {kind})")
+        kind = aux.kind  # one of the schema's (core/config.py AuxConfig)
         if kind not in task.aux_kinds:
             needs = next(n for n in TASKS.names() if kind in TASKS.get(n).aux_kinds)
             raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
-        if not aux.get("train_file"):
-            raise UserError(f"{key}.train_file is required")
         path = resolve_path(aux["train_file"], key=f"{key}.train_file")
         if not path.is_file():
             raise UserError(f"{key}.train_file: file not found: {path}")
-        weight = float(aux.get("weight", 0.2))
+        weight = float(aux.weight)
         if not 0 < weight < 1:
             raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
         total += weight
     if total >= 1:
         raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
-    if any(aux.get("kind", "lm") == "classification" for aux in cfg.data.aux):
+    if any(aux.kind == "classification" for aux in cfg.data.aux):
         t = cfg.train
         for key, on in (("train.class_weights", t.class_weights not in (None, "none")), ("train.loss", t.loss != "ce"),
                         ("train.distill.teacher", bool(t.distill.teacher)), ("data.sampler", cfg.data.sampler != "random")):
@@ -85,12 +76,12 @@ def mix(cfg, task, tokenizer, train_set):
     from datasets import concatenate_datasets
 
     aux_cfgs = list(cfg.data.aux)
-    main_share = 1 - sum(float(a.get("weight", 0.2)) for a in aux_cfgs)
+    main_share = 1 - sum(float(a.weight) for a in aux_cfgs)
     parts, heads, report = [], {}, []
-    has_task_id = any(a.get("kind", "lm") == "classification" for a in aux_cfgs)
+    has_task_id = any(a.kind == "classification" for a in aux_cfgs)
     main = train_set.add_column(TASK_ID, [0] * len(train_set)) if has_task_id else train_set
     for i, aux in enumerate(aux_cfgs):
-        name, kind = aux.get("name") or f"aux{i}", aux.get("kind", "lm")
+        name, kind = aux.name or f"aux{i}", aux.kind
         pool = lm_chunks(aux, tokenizer, cfg.data.max_length) if kind == "lm" else \
             classification_set(cfg, task, aux, tokenizer)
         if kind == "classification":
@@ -98,13 +89,13 @@ def mix(cfg, task, tokenizer, train_set):
             pool = pool[0].add_column(TASK_ID, [len(heads)] * len(pool[0]))
         if len(pool) == 0:
             raise UserError(f"data.aux[{i}].train_file: no examples")
-        n = max(1, round(float(aux.get("weight", 0.2)) / main_share * len(train_set)))
+        n = max(1, round(float(aux.weight) / main_share * len(train_set)))
         rng = torch.Generator().manual_seed(cfg.data.split_seed + i)
         picks = torch.randint(len(pool), (n,), generator=rng).tolist() if n > len(pool) else \
             torch.randperm(len(pool), generator=rng)[:n].tolist()
         parts.append(pool.select(picks))
         report.append({"name": name, "kind": kind, "file": str(aux["train_file"]), "examples": n,
-                       "weight": float(aux.get("weight", 0.2)), **({"labels": heads[name]} if kind != "lm" else {})})
+                       "weight": float(aux.weight), **({"labels": heads[name]} if kind != "lm" else {})})
     main = plain_labels(main)
     return concatenate_datasets([main, *(plain_labels(p).cast(main.features) for p in parts)]), heads, report
 
@@ -124,11 +115,11 @@ def lm_chunks(aux, tokenizer, max_length: int):
 
     path = resolve_path(aux["train_file"])
     if path.suffix.lower() == ".txt":
-        text = path.read_text(encoding=aux.get("encoding", "utf-8"))
+        text = path.read_text(encoding=aux.encoding or "utf-8")
     else:
         from llmft.data.files import read_file
 
-        column = aux.get("text_column", "text")
+        column = aux.text_column
         rows = read_file(path, _FileSpec(aux), "data.aux.train_file")
         if column not in rows.column_names:
             raise UserError(f"{path}: no column '{column}' (data.aux text_column)")
@@ -143,8 +134,8 @@ class _FileSpec:
     """The bits of a data config read_file looks at, from an aux entry."""
 
     def __init__(self, aux):
-        self.format = aux.get("format")
-        self.encoding = aux.get("encoding", "utf-8")
+        self.format = aux.format
+        self.encoding = aux.encoding or "utf-8"
         self.task = "aux"
 
     def __getitem__(self, key):
@@ -158,12 +149,12 @@ def classification_set(cfg, task, aux, tokenizer):
     from llmft.data.files import read_file
     data_cfg = copy.deepcopy(cfg.data)
     with open_dict(data_cfg):
-        data_cfg.text_column = aux.get("text_column", "text")
-        data_cfg.label_column = aux.get("label_column", "label")
+        data_cfg.text_column = aux.text_column
+        data_cfg.label_column = aux.label_column
         data_cfg.text_pair_column = None
-        data_cfg.labels = OmegaConf.create(list(aux["labels"])) if aux.get("labels") else None
-        data_cfg.encoding = aux.get("encoding", cfg.data.encoding)
-        data_cfg.format = aux.get("format")
+        data_cfg.labels = OmegaConf.create(list(aux.labels)) if aux.labels else None
+        data_cfg.encoding = aux.encoding or cfg.data.encoding
+        data_cfg.format = aux.format
         data_cfg.aux = []
     aux_task = type(task)(data_cfg)
     path = resolve_path(aux["train_file"])
