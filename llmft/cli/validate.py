@@ -17,7 +17,7 @@ from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
 from llmft.models.loading import validate_model
 from llmft.runtime.distributed import validate_hardware
-from llmft.runtime.trainer import LR_SCHEDULERS, validate_train  # noqa: F401  (LR_SCHEDULERS: for callers)
+from llmft.runtime.trainer import validate_train
 from llmft.strategies import strategy_class, strategy_configs
 from llmft.tasks import TASKS
 from llmft.techniques import validate_all as validate_techniques

@@ -37,18 +37,20 @@ def check_lora_knobs(s) -> None:
         raise UserError(f"strategy.dropout must be in [0, 1) (got {s.dropout})")
 
 
-def lora_config(s, task_type: str | None, use_dora: bool, bias: str = "none"):
+def lora_config(s, task_type: str | None, use_dora: bool, bias: str = "none", use_rslora: bool = False):
     """PEFT's LoraConfig from the LoRA knobs of a strategy section."""
     from peft import LoraConfig
 
     return LoraConfig(task_type=task_type, r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                      target_modules=target_modules(s.target_modules), bias=bias, use_dora=use_dora)
+                      target_modules=target_modules(s.target_modules), bias=bias, use_dora=use_dora,
+                      use_rslora=use_rslora)
 
 
 class LoRA(PeftStrategy):
     name = "lora"
     config = LoraStrategyConfig
     mergeable = True
+    rank_stabilized = False  # the update scaled by alpha / sqrt(r) instead of alpha / r (rslora)
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
@@ -56,7 +58,7 @@ class LoRA(PeftStrategy):
         require_one_of("strategy.bias", run_cfg.strategy.bias, ("none", "all", "lora_only"))
 
     def peft_config(self):
-        return lora_config(self.cfg, self.task.peft_task_type, self.cfg.use_dora, self.cfg.bias)
+        return lora_config(self.cfg, self.task.peft_task_type, self.cfg.use_dora, self.cfg.bias, self.rank_stabilized)
 
 
 def target_modules(names):

@@ -12,8 +12,4 @@ class RsLoraStrategyConfig(LoraStrategyConfig):
 class RsLoRA(LoRA):
     name = "rslora"
     config = RsLoraStrategyConfig
-
-    def peft_config(self):
-        config = super().peft_config()
-        config.use_rslora = True
-        return config
+    rank_stabilized = True

@@ -136,7 +136,6 @@ class _FileSpec:
     def __init__(self, aux):
         self.format = aux.format
         self.encoding = aux.encoding or "utf-8"
-        self.task = "aux"
 
     def __getitem__(self, key):
         return getattr(self, key)
