@@ -109,12 +109,17 @@ class Strategy:
 
             base = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
                               **revision_kwargs(meta.get("revision")), **cls.base_load_kwargs(meta), **load_kwargs)
-            return PeftModel.from_pretrained(base, str(model_dir))
+            return PeftModel.from_pretrained(cls.adapt_base(base), str(model_dir))
         return load_model(str(model_dir), task, tokenizer, trust_remote_code, **load_kwargs)
 
     @classmethod
     def base_load_kwargs(cls, meta: dict) -> dict:
         return {}
+
+    @classmethod
+    def adapt_base(cls, base):
+        """The loaded base model as the adapter expects it (prefix tuning renames an argument)."""
+        return base
 
 
 def set_trainable(model, keep: Callable[[str, object], bool]) -> None:

@@ -30,16 +30,14 @@ class Prefix(PeftStrategy):
         check_virtual_tokens(run_cfg)
 
     def apply(self, model):
-        if not accepts_past_key_values(model):
-            import peft
-            import transformers
+        return super().apply(cache_as_past_key_values(model))
 
-            raise UserError(
-                f"strategy=prefix: PEFT {peft.__version__} feeds prefixes as `past_key_values`, which "
-                f"{type(model).__name__} in transformers {transformers.__version__} does not take; "
-                f"use strategy=prompt_tuning or strategy=p_tuning"
-            )
-        return super().apply(model)
+    def callbacks(self):
+        return [prompt_encoder_checkpoints()] if self.cfg.prefix_projection else []  # the MLP's weights
+
+    @classmethod
+    def adapt_base(cls, base):
+        return cache_as_past_key_values(base)
 
     def peft_config(self):
         from peft import PrefixTuningConfig
@@ -52,9 +50,62 @@ class Prefix(PeftStrategy):
         )
 
 
-def accepts_past_key_values(model) -> bool:
-    """What PEFT's prefix-tuning forward checks, on the model and on its backbone."""
+def cache_as_past_key_values(model):
+    """PEFT 0.21 hands the prefix to the model as ``past_key_values`` (a DynamicCache) and checks
+    the model's forward signature for that name; transformers 5 models take it as ``cache``. This
+    gives the model's forward that name and passes the prefix on as ``cache`` (PEFT's prefix
+    forward is otherwise used as is; in-repo because no PEFT release maps the two, peft #1962)."""
     import inspect
 
-    modules = [model, getattr(model, getattr(model, "base_model_prefix", ""), None)]
-    return any(m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in modules)
+    original = model.forward
+    params = inspect.signature(original).parameters
+    if "past_key_values" in params or getattr(original, "_llmft_prefix_cache", False):
+        return model
+    if "cache" not in params and not hasattr(model, getattr(model, "base_model_prefix", "")):
+        return model
+
+    def forward(*args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return original(*args, **kwargs)
+
+    # the model's own parameters plus past_key_values: the Trainer keeps the data columns it names
+    named = [q for q in params.values() if q.kind != q.VAR_KEYWORD]
+    extra = [inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    forward.__signature__ = inspect.signature(original).replace(
+        parameters=[*named, *extra, *[q for q in params.values() if q.kind == q.VAR_KEYWORD]])
+    forward._llmft_prefix_cache = True
+    model.forward = forward  # this instance only: PEFT reads the signature of this bound forward
+    return model
+
+
+ENCODER_STATE = "prompt_encoder.safetensors"
+
+
+def prompt_encoder_checkpoints():
+    """PEFT checkpoints of P-tuning (and of prefixes through an MLP) hold the encoder's output, not its weights, so a resumed run
+    would restart the MLP/LSTM from scratch. This saves the encoder's weights into every
+    checkpoint and loads them back when training resumes from one."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+    from transformers import TrainerCallback
+
+    def encoder_params(model):
+        return {n: p for n, p in model.named_parameters() if p.requires_grad and "prompt_encoder" in n}
+
+    class PromptEncoderCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                save_file({n: p.detach().cpu().contiguous() for n, p in encoder_params(model).items()},
+                          str(folder / ENCODER_STATE))
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / ENCODER_STATE
+            if state.global_step > 0 and saved.is_file():
+                params = encoder_params(model)
+                for name, tensor in load_file(str(saved)).items():
+                    params[name].data.copy_(tensor)
+
+    return PromptEncoderCheckpoints()
