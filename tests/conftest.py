@@ -256,3 +256,56 @@ def read_results(run_dir: Path) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+# ------------------------------------------------ prompting: a tiny causal LM whose scores we control
+WORDS = {"negative": "awful", "neutral": "table", "positive": "great"}
+
+
+def blockless_llama(tokenizer, tie: bool):
+    """A 1-block Llama whose block adds nothing (zero output projections): the next-token scores
+    depend only on the last token's embedding."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=tie,
+                         bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+@pytest.fixture(scope="session")
+def echo_lm(tmp_path_factory, tiny_llama):
+    """Tied embeddings: after a prompt, its last token scores highest."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("echo-lm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    blockless_llama(tokenizer, tie=True).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cloze_data(tmp_path_factory):
+    import random
+
+    rng = random.Random(3)
+    filler = ["the", "a", "today", "my", "was", "this", "it", "so"]
+    rows = [{"text": " ".join(rng.sample(filler, 3) + [WORDS[label]]), "label": label}
+            for label in WORDS for _ in range(10)]
+    root = tmp_path_factory.mktemp("cloze")
+    return write_csv(root / "train.csv", rows), write_csv(root / "eval.csv", rows[::2])
+
+
+def prompt_args(model, data, run_dir, *extra, words=WORDS):
+    verbalizer = "{" + ",".join(f"{label}:[{word}]" for label, word in words.items()) + "}"
+    return ["model=hf", f"model.name_or_path={model}", "data=csv", f"data.train_file={data[0]}",
+            f"data.eval_file={data[1]}", "data.prompt.template='{text}'", f"data.prompt.verbalizer={verbalizer}",
+            "print_config=false", f"hydra.run.dir={run_dir}", *extra]

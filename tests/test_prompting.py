@@ -6,39 +6,7 @@ from __future__ import annotations
 
 
 import pytest
-from conftest import read_jsonl, read_results, run_cli, write_csv
-
-WORDS = {"negative": "awful", "neutral": "table", "positive": "great"}
-
-
-def blockless_llama(tokenizer, tie: bool):
-    """A 1-block Llama whose block adds nothing (zero output projections): the next-token scores
-    depend only on the last token's embedding."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=tie,
-                         bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return model
-
-
-@pytest.fixture(scope="module")
-def echo_lm(tmp_path_factory, tiny_llama):
-    """Tied embeddings: after a prompt, its last token scores highest."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("echo-lm")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    blockless_llama(tokenizer, tie=True).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+from conftest import WORDS, blockless_llama, prompt_args, read_jsonl, read_results, run_cli, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +30,6 @@ def biased_lm(tmp_path_factory, tiny_llama):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def cloze_data(tmp_path_factory):
-    import random
-
-    rng = random.Random(3)
-    filler = ["the", "a", "today", "my", "was", "this", "it", "so"]
-    rows = [{"text": " ".join(rng.sample(filler, 3) + [WORDS[label]]), "label": label}
-            for label in WORDS for _ in range(10)]
-    root = tmp_path_factory.mktemp("cloze")
-    return write_csv(root / "train.csv", rows), write_csv(root / "eval.csv", rows[::2])
-
-
-def prompt_args(model, data, run_dir, *extra, words=WORDS):
-    verbalizer = "{" + ",".join(f"{label}:[{word}]" for label, word in words.items()) + "}"
-    return ["model=hf", f"model.name_or_path={model}", "data=csv", f"data.train_file={data[0]}",
-            f"data.eval_file={data[1]}", "data.prompt.template='{text}'", f"data.prompt.verbalizer={verbalizer}",
-            "print_config=false", f"hydra.run.dir={run_dir}", *extra]
 
 
 def test_zero_shot_verbalizer_picks_the_label_the_model_scores(tmp_path, echo_lm, cloze_data):

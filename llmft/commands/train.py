@@ -24,7 +24,8 @@ from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerpri
 from llmft.runtime.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
 from llmft.strategies import build_strategy, strategy_class
 from llmft.tasks import build_task
-from llmft.techniques import distillation, multitask, neftune, retention, sampling
+from llmft.techniques import (distillation, multitask, neftune, pet_ensemble, retention, sampling, self_training,
+                               unlabeled)
 from llmft.techniques.early_stopping import EarlyStopping
 from llmft.techniques.objective import from_config as objective_from_config
 
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 
 def main(cfg, run_path: str | Path, callbacks=()) -> dict:
+    """One run; or, for a staged technique (self-training rounds, PET's ensemble of patterns), its
+    stages: each one a ``run_once`` in RUN/stages/<name>/, the last one in RUN itself."""
+    staged = self_training.plan(cfg) or pet_ensemble.plan(cfg)  # None: the technique is off
+    return staged(run_once, cfg, run_path, callbacks) if staged else run_once(cfg, run_path, callbacks)
+
+
+def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: dict | None = None) -> dict:
+    """seed ... results.json for one model. ``extra_train``: rows a stage adds to the train split
+    (pseudo-labels); ``report``: what the stages before this one did, for results.json."""
     started = time.perf_counter()
     lead = is_rank_zero()  # rank 0 alone writes the run folder, logs and the tracker
     run = RunDir(run_path)
@@ -53,7 +63,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     set_seed(cfg.seed)
     task = build_task(cfg.data)
     strategy = build_strategy(cfg, task)
-    splits = load_splits(cfg.data, task)  # bad data fails here, before the model loads
+    splits = unlabeled.with_rows(load_splits(cfg.data, task), extra_train)  # bad data fails here
     report_to = start_tracker(cfg, run.path) if lead else []
     results = None
     try:
@@ -64,6 +74,7 @@ def main(cfg, run_path: str | Path, callbacks=()) -> dict:
             trainer, record, splits, sets = reload_finished(cfg, run, task, strategy, splits, finished)
         results, records = evaluate_run(cfg, run, ident, task, strategy, trainer, splits, sets, record,
                                         reevaluated=finished is not None, started=started)
+        results.update(report or {})
         if trainer.is_world_process_zero():
             run.write_predictions(records)
             run.write_results(results)  # last: its presence means the run completed
@@ -85,6 +96,7 @@ def train_model(cfg, run, task, strategy, splits, ds_config, report_to, resume_f
     model = strategy.apply(load_backbone(cfg.model, task, strategy, tokenizer, source))
     model, param_groups = task.wrap(model, strategy.param_groups(model), cfg.model)  # e.g. NER's CRF
     train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
+    train_set = unlabeled.soft_labels(train_set, splits["train"])  # PET's final classifier: distributions
     train_set, model, param_groups, aux = multitask.attach(cfg, task, tokenizer, train_set, model, param_groups)
     params = count_parameters(model)
     objective = objective_from_config(cfg, task, strategy, model, train_set, tokenizer)

@@ -49,6 +49,9 @@ class PromptConfig:
     # label -> list of words (first token scored). Any: so a whole dict can be given on the command line.
     verbalizer: Any = None
     content_free: str = "N/A"  # the input contextual calibration measures the bias with
+    # More patterns for PET's ensemble (strategy.ensemble=true): [{template, verbalizer}, ...];
+    # a pattern without a verbalizer uses the one above.
+    patterns: List[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +108,11 @@ class DataConfig:
     split_seed: int = 1234
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    # Unlabelled inputs (text column only) for self-training and PET: a file, or N rows of the
+    # train split with their labels dropped (for experiments; taken before max_train_samples).
+    unlabeled_file: Optional[str] = None
+    unlabeled_from_train: int = 0
+    max_unlabeled_samples: Optional[int] = None
     sampler: str = choice("random", "balanced")  # balanced: each label drawn equally often (classification)
     # Extra data trained together with this one (techniques/multitask.py), e.g.
     # data.aux=[{kind:classification,train_file:PATH,weight:0.2,label_column:kind}]
@@ -212,6 +220,15 @@ class DistillConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    """Self-training (techniques/self_training.py): the model labels data.unlabeled_*, its
+    confident rows join the training set, a new model trains; ``rounds`` times."""
+    rounds: int = 0  # 0: off
+    threshold: float = 0.9  # a pseudo-label is kept when the model's probability for it is >= this
+    max_per_round: Optional[int] = None  # at most this many new rows per round (the most confident)
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -235,6 +252,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     neftune_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (SFT); 0: off
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
@@ -303,6 +321,21 @@ class ExportRunConfig:
     tolerance: Optional[float] = None
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
+
+
+@dataclass
+class MergeAdaptersRunConfig:
+    inputs: List[str] = MISSING  # >= 2 model/ folders holding LoRA adapters of the same base model
+    weights: Optional[List[float]] = None  # one per input; null: equal weights 1/n
+    method: str = choice("linear", "ties", "dare_ties")  # PEFT's add_weighted_adapter combination_type
+    density: float = 0.5  # ties / dare_ties: the fraction of each update's values kept, in (0, 1]
+    head_from: int = 0  # the input whose task head, labels and llmft.json the result keeps
+    output_dir: Optional[str] = None  # default: <this command's run folder>/merged_adapter
+    data: DataConfig = MISSING  # where the check inputs come from (the head input's run's own, by default)
+    hardware: HardwareConfig = MISSING
+    check_examples: int = 8
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    seed: int = 42  # dare_ties drops values at random
 
 
 @dataclass

@@ -43,12 +43,43 @@ def load_splits(cfg, task) -> dict:
     if "eval" not in splits:
         raise UserError("data.eval_file: no eval split; give data.eval_file=PATH or data.eval_fraction > 0")
 
+    unlabeled = _unlabeled(cfg, splits, task)
     caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "eval": cfg.max_eval_samples}
     for name, cap in caps.items():
         if name in splits and cap is not None and len(splits[name]) > cap:
             splits[name] = splits[name].shuffle(seed=cfg.split_seed).select(range(cap))
+    if unlabeled is not None:
+        cap = cfg.max_unlabeled_samples
+        if cap is not None and len(unlabeled) > cap:
+            unlabeled = unlabeled.shuffle(seed=cfg.split_seed).select(range(cap))
+        splits["unlabeled"] = unlabeled
     log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return splits
+
+
+UNLABELED_GOLD = "_gold"  # unlabeled_from_train keeps the dropped label here, for diagnostics only
+
+
+def _unlabeled(cfg, splits: dict, task):
+    """The unlabelled inputs (self-training, PET): data.unlabeled_file's text column(s), or
+    data.unlabeled_from_train rows of the train split, taken out of it (seeded) before the train
+    cap; their labels are kept apart in ``_gold`` (never trained on: pseudo-label accuracy only)."""
+    columns = [c for c in (cfg.text_column, cfg.text_pair_column) if c]
+    if cfg.unlabeled_file:
+        path = resolve_path(cfg.unlabeled_file, key="data.unlabeled_file")
+        data = read_file(path, cfg, "data.unlabeled_file")
+        check_columns(data, str(path), columns, cfg)
+        return data.select_columns(columns)
+    n = cfg.unlabeled_from_train
+    if not n:
+        return None
+    train = splits["train"]
+    if n >= len(train):
+        raise UserError(f"data.unlabeled_from_train={n}: the train split has only {len(train)} rows; "
+                        f"leave some labelled")
+    parts = train.train_test_split(test_size=n, seed=cfg.split_seed)
+    splits["train"] = parts["train"]
+    return parts["test"].rename_column("labels", UNLABELED_GOLD).select_columns([*columns, UNLABELED_GOLD])
 
 
 def _read_files(cfg, layouts: dict) -> dict:
@@ -183,7 +214,12 @@ def validate_data(d) -> None:
         return
     require(bool(d.train_file) or bool(d.eval_file), "data.train_file",
             "is required: add data.train_file=PATH (csv or jsonl)")
-    for key in ("train_file", "validation_file", "eval_file"):
+    require(d.unlabeled_from_train >= 0, "data.unlabeled_from_train", f"must be >= 0 (got {d.unlabeled_from_train})")
+    require(not (d.unlabeled_file and d.unlabeled_from_train), "data.unlabeled_from_train",
+            "give data.unlabeled_file or data.unlabeled_from_train, not both")
+    require(d.max_unlabeled_samples is None or d.max_unlabeled_samples >= 1, "data.max_unlabeled_samples",
+            "must be >= 1 or null")
+    for key in ("train_file", "validation_file", "eval_file", "unlabeled_file"):
         if d[key]:
             path = resolve_path(d[key], key=f"data.{key}")
             require(path.is_file(), f"data.{key}", f"file not found: {path}")

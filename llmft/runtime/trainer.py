@@ -171,7 +171,8 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
                 if model.training:  # multi-task: each task's loss on the batches that had it
                     self._add_terms({f"task_{k}": v for k, v in getattr(model, "last_terms", {}).items()})
                 return out
-            outputs = model(**inputs)
+            # soft targets: not the model's (it would take float labels for multi-label and keep that in its config)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"} if objective.soft else inputs)
             loss, terms = objective(model, inputs, outputs)
             self._add_terms(terms)
             return (loss, outputs) if return_outputs else loss

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from llmft.core.errors import require_one_of
+from llmft.core.errors import require, require_one_of
 from llmft.strategies.base import wrap_peft
 from llmft.strategies.lora import LoraKnobs, check_lora_knobs, lora_config
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
@@ -20,6 +20,13 @@ class PetStrategyConfig(LoraKnobs, ZeroShotStrategyConfig):  # LoraKnobs: for pa
     name: str = "pet"
     calibrate: bool = False  # training removes most of the bias calibration corrects
     params: str = "full"  # full | lora | dora: the parameters PET trains
+    # The method of the paper: one model per data.prompt.patterns entry, their ensemble, and with
+    # unlabelled data a final classifier on its soft labels (techniques/pet_ensemble.py).
+    ensemble: bool = False
+    final: str = "classifier"  # classifier | none: what the ensemble's soft labels train (with unlabelled data)
+    generations: int = 1  # > 1: iPET
+    temperature: float = 2.0  # soft labels: softmax(averaged scores / temperature)
+    final_lr: float = 5e-5  # the final classifier's learning rate (full fine-tuning of the same model)
 
 
 class PET(ZeroShot):
@@ -31,9 +38,16 @@ class PET(ZeroShot):
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
-        super().validate_config(run_cfg)
         s = run_cfg.strategy
+        if s.ensemble:
+            check_patterns(run_cfg)
+        else:
+            super().validate_config(run_cfg)
         require_one_of("strategy.params", s.params, PARAMS)
+        require_one_of("strategy.final", s.final, ("classifier", "none"))
+        require(s.generations >= 1, "strategy.generations", f"must be >= 1 (got {s.generations})")
+        require(s.generations == 1 or s.ensemble, "strategy.generations", "iPET needs strategy.ensemble=true")
+        require(s.temperature > 0, "strategy.temperature", f"must be > 0 (got {s.temperature})")
         if s.params != "full":
             check_lora_knobs(s)
 
@@ -47,3 +61,17 @@ class PET(ZeroShot):
     def save(self, trainer, model_dir: Path) -> None:
         if trainer.is_world_process_zero():
             trainer.model.lm.save_pretrained(str(model_dir))  # an adapter when the LM is a PeftModel
+
+
+def check_patterns(run_cfg) -> None:
+    """strategy.ensemble: at least two patterns, each with a {text} slot and a verbalizer."""
+    d = run_cfg.data
+    require(run_cfg.data.task == "classification", "data.task", "PET scores label words: it needs classification")
+    patterns = d.prompt.patterns or []
+    require(len(patterns) >= 2, "data.prompt.patterns", f"strategy.ensemble needs at least 2 patterns "
+            f"[{{template, verbalizer}}, ...] (got {len(patterns)})")
+    for i, p in enumerate(patterns):
+        require(hasattr(p, "get") and bool(p.get("template")) and "{text}" in p.get("template"),
+                f"data.prompt.patterns[{i}].template", "is required and must contain the {text} slot")
+        require(bool(p.get("verbalizer") or d.prompt.verbalizer), f"data.prompt.patterns[{i}].verbalizer",
+                "is required (or data.prompt.verbalizer for all patterns)")

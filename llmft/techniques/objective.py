@@ -48,8 +48,9 @@ def validate(cfg, task, strategy) -> None:
 class Objective:
     def __init__(self, kind: str, loss: str = "ce", focal_gamma: float = 2.0, class_weights=None,
                  l2sp: float = 0.0, anchor: dict | None = None, teacher=None, temperature: float = 2.0,
-                 alpha: float = 0.5, cache: bool = False):
+                 alpha: float = 0.5, cache: bool = False, soft: bool = False):
         self.kind = kind  # sequence | token | causal
+        self.soft = soft  # labels are distributions over the classes (PET's final classifier)
         self.loss, self.gamma = loss, focal_gamma
         self.class_weights = class_weights  # a tensor, one weight per label, or None
         self.l2sp, self.anchor = l2sp, anchor or {}
@@ -58,7 +59,7 @@ class Objective:
 
     @property
     def replaces_model_loss(self) -> bool:
-        return self.loss != "ce" or self.class_weights is not None or self.teacher is not None
+        return self.loss != "ce" or self.class_weights is not None or self.teacher is not None or self.soft
 
     def __call__(self, model, inputs: dict, outputs) -> tuple[torch.Tensor, dict]:
 
@@ -86,6 +87,8 @@ class Objective:
         import torch.nn.functional as F
 
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        if labels.is_floating_point():  # soft targets: cross-entropy against the distribution
+            return F.cross_entropy(logits.float(), labels.float(), weight=weight)
         if self.loss == "focal":
             return focal_loss(logits, labels, self.gamma, weight)
         return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE)
@@ -118,6 +121,12 @@ class Objective:
         for i, k in enumerate(keys):
             full[i][mask[i].bool().cpu()] = self.cache[k]
         return full.to(ids.device)
+
+
+def soft_targets(train_set) -> bool:
+    """The train set's labels are class distributions (a list of floats per row), not class ids."""
+    feature = train_set.features.get("labels") if train_set is not None else None
+    return type(feature).__name__ in ("List", "Sequence", "LargeList")
 
 
 def aligned(logits, labels, kind: str):
@@ -213,6 +222,7 @@ def from_config(cfg, task, strategy, model, train_set, tokenizer):
         raise UserError("train.retention.l2sp: no trainable pretrained weights to anchor (this strategy trains "
                         "only new parameters); use train.weight_decay")
     objective = Objective(task.logits or "sequence", t.loss, t.focal_gamma, weights, t.retention.l2sp,
-                          anchor, teacher, t.distill.temperature, t.distill.alpha, t.distill.cache)
+                          anchor, teacher, t.distill.temperature, t.distill.alpha, t.distill.cache,
+                          soft=soft_targets(train_set))
     active = objective.replaces_model_loss or objective.l2sp > 0
     return objective if active else None
