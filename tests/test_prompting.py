@@ -177,3 +177,43 @@ def test_demonstrations_that_cannot_fit_are_refused_before_the_model_loads(tmp_p
     line = [x for x in proc.stderr.splitlines() if x.startswith("llmft: error:")][0]
     assert "2 demonstration(s) per label" in line and "data.max_length=12" in line and "tokens" in line
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["prompt_tuning", "p_tuning"])
+def test_soft_prompt_read_through_the_verbalizer_saves_no_classifier(tmp_path, tiny_chat_llama, cloze_data, strategy):
+    """A causal LM with working blocks (echo_lm's ignore everything before the last token)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from llmft.artifacts import load_saved, read_metadata
+    from llmft.tasks import TASKS
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", f"+strategy={strategy}", "strategy.head=verbalizer", "strategy.num_virtual_tokens=4",
+                   "train.max_steps=4", "train.batch_size=8", *prompt_args(tiny_chat_llama, cloze_data, run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    # only the virtual tokens train (p_tuning: their encoder; PEFT saves its output): no head of any kind
+    saved = load_file(run_dir / "model" / "adapter_model.safetensors")
+    assert list(saved) == ["prompt_embeddings"] and saved["prompt_embeddings"].shape[0] == 4, list(saved)
+    meta = read_metadata(run_dir / "model")
+    assert meta["lm_kind"] == "causal" and meta["template"] == "{text}"
+    if strategy == "prompt_tuning":
+        assert results["params"]["trainable"] == 4 * 64
+    assert results["params"]["trainable"] < 0.5 * results["params"]["total"]
+
+    # the saved prompt is what the LM reads: changing it changes the label scores
+    task = TASKS.get("classification").from_metadata(None, meta)
+    model, tokenizer = load_saved(run_dir / "model", task, meta)
+    batch = tokenizer(["the a so great", "my was it awful"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model(**batch).logits
+        model.lm.prompt_encoder.default.embedding.weight.mul_(3.0)
+        assert not torch.allclose(before, model(**batch).logits)
+
+    proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}", "print_config=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_jsonl(tmp_path / "eval" / "predictions.jsonl") == read_jsonl(run_dir / "predictions.jsonl")
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["eval"] == results["eval"]

@@ -154,6 +154,9 @@ def prepare_config(command: str, cfg, overrides: list[str]):
     """Command-specific completion of the composed config (eval: the run's own data config)."""
     if command in ("eval", "predict", "export", "bench-infer"):
         return use_run_data(cfg, overrides, cfg.model_dir)
+    if command == "merge-adapters":  # the data of the input whose head the result keeps (its check)
+        head = cfg.head_from if 0 <= cfg.head_from < len(cfg.inputs) else 0
+        return use_run_data(cfg, overrides, cfg.inputs[head]) if len(cfg.inputs) else cfg
     if command == "distill":  # the teacher's data, unless data=... says otherwise
         from llmft.techniques.distillation import teacher_dir
 

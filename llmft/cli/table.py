@@ -30,6 +30,8 @@ COMMANDS = {
                        "train", config="train", trains=True),
     "bench-infer": Command("fp32 vs bf16 vs int8 (and students): size, accuracy, latency, throughput", "bench_infer",
                            loads_saved=True),
+    "merge-adapters": Command("combine LoRA adapters: llmft merge-adapters inputs=[A/model,B/model] weights=[0.5,0.5] "
+                              "method=linear|ties|dare_ties", "merge_adapters", loads_saved=True),
     "report": Command("compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png", None),
 }
 # the groups the usage text lists, as typed on the command line
@@ -55,7 +57,7 @@ def usage() -> str:
         f"  {group}=" + "|".join(sorted(name[:-5] for name in os.listdir(os.path.join(root, group.lstrip("+")))
                                         if name.endswith(".yaml")))
         for group in GROUPS)
-    commands = "\n".join(f"  {name:<11} {c.help}" for name, c in COMMANDS.items())
+    commands = "\n".join(f"  {name:<15} {c.help}" for name, c in COMMANDS.items())
     return f"""usage: llmft COMMAND [OVERRIDE ...] [-m] [--cfg job] [--help]
 
 commands:

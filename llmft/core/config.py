@@ -353,7 +353,8 @@ class BenchInferRunConfig:
     print_config: bool = False
 
 
-RUN_CONFIGS = (TrainRunConfig, EvalRunConfig, PredictRunConfig, ExportRunConfig, BenchInferRunConfig)
+RUN_CONFIGS = (TrainRunConfig, EvalRunConfig, PredictRunConfig, ExportRunConfig, BenchInferRunConfig,
+               MergeAdaptersRunConfig)
 
 
 def check_choices(cfg) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require_one_of
 from llmft.strategies.base import PeftStrategy
+from llmft.strategies.zero_shot import ZeroShot
 
 
 @dataclass
@@ -14,6 +16,72 @@ class PrefixStrategyConfig(StrategyConfig):
     num_virtual_tokens: int = 20
     prefix_projection: bool = False  # reparameterise the prefix through an MLP
     encoder_hidden_size: int = 128  # the MLP's width when prefix_projection is on
+
+
+HEADS = ("classifier", "verbalizer")
+
+
+class SoftPrompt(PeftStrategy):
+    """Prompt tuning and P-tuning: virtual tokens before the input, read by one of two heads.
+    ``head=classifier``: PEFT's sequence classifier (a new head trains with the prompt).
+    ``head=verbalizer``: the causal LM's own head, scored at data.prompt.verbalizer's words after
+    data.prompt.template, as zero_shot / pet read it (models/prompting.py): nothing new but the
+    prompt trains and model/ holds the prompt alone (Lester et al., Liu et al.'s P-tuning)."""
+
+    @classmethod
+    def validate_config(cls, run_cfg) -> None:
+        check_virtual_tokens(run_cfg)
+        require_one_of("strategy.head", run_cfg.strategy.head, HEADS)
+        if run_cfg.strategy.head == "verbalizer":
+            ZeroShot.validate_config(run_cfg)
+
+    def __init__(self, run_cfg, task):
+        super().__init__(run_cfg, task)
+        self.reader = ZeroShot(run_cfg, task) if self.cfg.head == "verbalizer" else None  # the LM's head
+        if self.reader:
+            self.reader.calibration = None  # a trained prompt is not calibrated
+
+    @property
+    def peft_task_type(self) -> str:
+        return "CAUSAL_LM" if self.reader else self.task.peft_task_type
+
+    def model_class(self, path: str) -> str | None:
+        if self.reader is None:
+            return None
+        name = self.reader.model_class(path)
+        if self.reader.kind != "causal":
+            raise UserError(f"strategy.head=verbalizer: PEFT's soft prompts read a causal LM's next token; "
+                            f"{path} is a masked LM: use strategy.head=classifier, or strategy=pet")
+        return name
+
+    def prepare_data(self, splits: dict, tokenizer) -> dict:
+        return self.reader.prepare_data(splits, tokenizer) if self.reader else splits
+
+    def apply(self, model):
+        model = super().apply(model)
+        return self.reader.classifier(model) if self.reader else model
+
+    def report(self) -> dict:
+        return self.reader.report() if self.reader else {}
+
+    def metadata(self) -> dict:
+        return self.reader.prompt_meta() if self.reader else {}
+
+    def save(self, trainer, model_dir: Path) -> None:
+        if self.reader is None:
+            return super().save(trainer, model_dir)
+        if trainer.is_world_process_zero():
+            trainer.model.lm.save_pretrained(str(model_dir))  # the soft prompt alone
+
+    @classmethod
+    def prepare_saved_data(cls, splits: dict, tokenizer, meta: dict) -> dict:
+        return ZeroShot.prepare_saved_data(splits, tokenizer, meta) if meta.get("lm_kind") else splits
+
+    @classmethod
+    def load_trained(cls, model_dir: Path, task, meta: dict, tokenizer, trust_remote_code: bool = False,
+                     **load_kwargs):
+        loader = ZeroShot if meta.get("lm_kind") else super()
+        return loader.load_trained(model_dir, task, meta, tokenizer, trust_remote_code, **load_kwargs)
 
 
 def check_virtual_tokens(run_cfg) -> None:

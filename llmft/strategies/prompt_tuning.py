@@ -6,25 +6,25 @@ from typing import Optional
 
 from llmft.core.config import StrategyConfig
 from llmft.core.errors import UserError, require_one_of
-from llmft.strategies.base import PeftStrategy
-from llmft.strategies.prefix import check_virtual_tokens
+from llmft.strategies.prefix import SoftPrompt
 
 
 @dataclass
 class PromptTuningStrategyConfig(StrategyConfig):
     name: str = "prompt_tuning"
     num_virtual_tokens: int = 20
+    head: str = "classifier"  # classifier | verbalizer (the causal LM's own head at data.prompt.verbalizer)
     init: str = "random"  # random | text
     init_text: Optional[str] = None  # with init=text: the soft prompt starts as these tokens
 
 
-class PromptTuning(PeftStrategy):
+class PromptTuning(SoftPrompt):
     name = "prompt_tuning"
     config = PromptTuningStrategyConfig
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
-        check_virtual_tokens(run_cfg)
+        super().validate_config(run_cfg)
         s = run_cfg.strategy
         require_one_of("strategy.init", s.init, ("random", "text"))
         if s.init == "text" and not s.init_text:
@@ -35,7 +35,7 @@ class PromptTuning(PeftStrategy):
 
         text = self.cfg.init == "text"
         return PromptTuningConfig(
-            task_type=self.task.peft_task_type,
+            task_type=self.peft_task_type,
             num_virtual_tokens=self.cfg.num_virtual_tokens,
             prompt_tuning_init="TEXT" if text else "RANDOM",
             prompt_tuning_init_text=self.cfg.init_text if text else None,
