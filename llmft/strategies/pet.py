@@ -6,6 +6,7 @@ llmft.json."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 from llmft.core.errors import require, require_one_of
 from llmft.strategies.base import wrap_peft
@@ -26,7 +27,10 @@ class PetStrategyConfig(LoraKnobs, ZeroShotStrategyConfig):  # LoraKnobs: for pa
     final: str = "classifier"  # classifier | none: what the ensemble's soft labels train (with unlabelled data)
     generations: int = 1  # > 1: iPET
     temperature: float = 2.0  # soft labels: softmax(averaged scores / temperature)
-    final_lr: float = 5e-5  # the final classifier's learning rate (full fine-tuning of the same model)
+    final_lr: float = 5e-5  # the final classifier's learning rate (full fine-tuning)
+    # the final classifier's model (a path, or pkg:...); null: the LM the patterns trained. A smaller
+    # encoder (e.g. MiniLM) distils the ensemble into a model that is cheap to train and serve.
+    final_model: Optional[str] = None
 
 
 class PET(ZeroShot):

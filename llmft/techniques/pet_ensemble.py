@@ -8,7 +8,7 @@
        proportions, labelled x 5^g of them (the paper's growth factor d = 5)
     4. with unlabelled data and strategy.final=classifier: the last generation's ensemble soft-labels
        it (softmax of the averaged scores at strategy.temperature, 2 as in the paper) and a sequence
-       classifier (strategy=full on the same model, lr strategy.final_lr) trains on those
+       classifier (strategy=full on the same model or strategy.final_model, lr strategy.final_lr) trains on those
        distributions plus the labelled rows' one-hots: that run is RUN itself
     Without a final classifier, RUN's results.json and predictions.jsonl are the ensemble's (no
     model/: the members' model/ folders are listed in results.json["pet"]).
@@ -110,7 +110,9 @@ def run(run_once, cfg, run_path, callbacks) -> dict:
         write_rows(Path(run_path) / "soft_labels.jsonl", soft, task.labels, np.array(soft[SOFT]))
         report["soft_labelling_s"] = round(time.perf_counter() - started, 1)
         final = final_config(cfg, soft)
-        return run_once(final, run_path, callbacks, extra_train=soft, report={"pet": report})
+        report["final"] = {"strategy": "full", "model": final.model.name_or_path, "lr": final.strategy.lr}
+        # the run is PET's (results.json names it so); its model/ is the final classifier (a full model)
+        return run_once(final, run_path, callbacks, extra_train=soft, report={"strategy": "pet", "pet": report})
     report["final"] = "none" if s.final == "none" else "none: no unlabelled data to soft-label"
     return write_ensemble(cfg, run_path, task, splits, average(ensemble["eval"]), metrics, report)
 
@@ -154,7 +156,11 @@ def final_config(cfg, soft):
     from llmft.techniques.unlabeled import stage_config
 
     full = OmegaConf.merge(OmegaConf.structured(strategy_configs()["full"]), {"lr": cfg.strategy.final_lr})
-    final = stage_config(cfg, "final", soft, **{"train.lr": cfg.strategy.final_lr})
+    changes = {"train.lr": cfg.strategy.final_lr}
+    if cfg.strategy.final_model:
+        changes.update({"model.name_or_path": cfg.strategy.final_model, "model.name": cfg.strategy.final_model,
+                        "model.revision": None})
+    final = stage_config(cfg, "final", soft, **changes)
     final.strategy = full
     return final
 
