@@ -175,6 +175,12 @@ def test_ipet_trains_a_second_generation_on_the_other_patterns_labels(tmp_path, 
     assert all(m["trained_on"] == 30 + len(pool) for m in gens[1]["members"])
     assert not (run_dir / "model").exists() and results["eval"] == results["pet"]["ensemble"]["eval"]
 
+    # llmft report: the run is one row (its stages are not runs of their own)
+    proc = run_cli("report", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    body = (run_dir / "report.md").read_text().splitlines()[2:]
+    assert len(body) == 1 and "pet" in body[0], body
+
 
 @pytest.mark.parametrize("extra, message", [
     (["+strategy=pet", "strategy.ensemble=true", "data.prompt.patterns=[{template:'{text}'}]"],

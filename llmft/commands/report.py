@@ -20,7 +20,8 @@ import yaml
 
 def find_runs(root: Path) -> list[Path]:
     found = {p.parent.parent for p in root.rglob(".hydra/config.yaml")} | {p.parent for p in root.rglob("results.json")}
-    runs = [r for r in found if not {"model", "checkpoints"} & set(r.relative_to(root).parts)]
+    # a staged run's stages/ (self-training rounds, PET patterns) and set-aside replaced/ runs are not runs of their own
+    runs = [r for r in found if not {"model", "checkpoints", "stages", "replaced"} & set(r.relative_to(root).parts)]
     return sorted(runs, key=lambda r: [int(p) if p.isdigit() else p for p in r.relative_to(root).parts])
 
 

@@ -93,7 +93,7 @@ def run(run_once, cfg, run_path, callbacks) -> dict:
             members.append(stage_dir(run_path, name) / "model")
             stages.append({"stage": name, "model_dir": str(members[-1]), "trained_on": results["num_train_examples"],
                            "eval": summary(results["eval"]), "validation": summary(results["validation"]),
-                           "wall_time_s": results["wall_time_s"]})
+                           "params": results["params"], "wall_time_s": results["wall_time_s"]})
         report["generations"].append({"generation": g, "members": stages})
         if g + 1 < s.generations:
             scores = [label_scores(m, task, pool, cfg) for m in members]
@@ -183,9 +183,17 @@ def write_ensemble(cfg, run_path, task, splits, scores, metrics: dict, report: d
                "eval": metrics["eval"], "validation": metrics.get("validation"),
                "num_validation_examples": len(splits["validation"]) if "validation" in splits else 0,
                "baseline": baseline, "warnings": task.warnings(metrics["eval"], baseline, records),
-               "train": None, "pet": report}
+               "train": None, "params": ensemble_params(report), "pet": report}
     run.write_predictions(records)
     run.write_results(results)
     print_results(results)
     return results
 
+
+
+def ensemble_params(report: dict) -> dict:
+    """Trainable and total parameters of the ensemble: its last generation's members together."""
+    members = report["generations"][-1]["members"]
+    trainable = sum(m["params"]["trainable"] for m in members)
+    total = sum(m["params"]["total"] for m in members)
+    return {"trainable": trainable, "total": total, "trainable_pct": round(100 * trainable / total, 4) if total else 0}
