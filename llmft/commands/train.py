@@ -6,7 +6,9 @@
          -> retention report -> model/ (artifacts.py)
          -> evaluate on the held-out split (and validation) -> predictions.jsonl, results.json (last)
 
-Every optional technique is one line below: its constructor is a no-op when it is off.
+Every optional technique is one line below: its constructor is a no-op when it is off. A staged
+technique (self-training rounds, PET's ensemble of patterns) runs this recipe once per stage
+(``run_once``), in RUN/stages/<name>/ and finally in RUN (techniques/unlabeled.py).
 """
 from __future__ import annotations
 
