@@ -128,9 +128,11 @@ def test_llrd_applies_decayed_learning_rates(tmp_path, tiny_data, tiny_bert):
         assert m["lr/embeddings"] == pytest.approx(head * 0.125)
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora", "gradual_unfreeze", "adapter", "p_tuning", "prefix"])
-def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_data, tiny_bert, strategy):
-    extra = ["strategy.unfreeze_every=3"] if strategy == "gradual_unfreeze" else EXTRA.get(strategy, [])
+@pytest.mark.parametrize("strategy, more", [("full", []), ("lora", []), ("gradual_unfreeze", []), ("adapter", []),
+                                            ("p_tuning", []), ("prefix", []),
+                                            ("prefix", ["strategy.prefix_projection=true"])])
+def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(tmp_path, tiny_data, tiny_bert, strategy, more):
+    extra = ["strategy.unfreeze_every=3"] if strategy == "gradual_unfreeze" else [*EXTRA.get(strategy, []), *more]
     args = ["train", f"+strategy={strategy}", *extra, "train.max_steps=8", "train.save_steps=4"]
     full_run, resumed = tmp_path / "full", tmp_path / "resumed"
     proc = run_cli(*args, *tiny_train_args(tiny_bert, tiny_data, full_run))

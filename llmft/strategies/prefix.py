@@ -151,9 +151,11 @@ ENCODER_STATE = "prompt_encoder.safetensors"
 
 
 def prompt_encoder_checkpoints():
-    """PEFT checkpoints of P-tuning (and of prefixes through an MLP) hold the encoder's output, not its weights, so a resumed run
-    would restart the MLP/LSTM from scratch. This saves the encoder's weights into every
-    checkpoint and loads them back when training resumes from one."""
+    """PEFT checkpoints of P-tuning and of prefixes through an MLP hold the encoder's output, not
+    its weights, so a resumed run would restart the MLP/LSTM from scratch (and a prefix MLP's
+    output does not even fit back into its input embedding: PEFT's load fails). This saves the
+    encoder's weights into every checkpoint, leaves PEFT a tensor it can load, and restores the
+    weights when training resumes from a checkpoint or early stopping takes the best one back."""
     from pathlib import Path
 
     from safetensors.torch import load_file, save_file
@@ -162,18 +164,34 @@ def prompt_encoder_checkpoints():
     def encoder_params(model):
         return {n: p for n, p in model.named_parameters() if p.requires_grad and "prompt_encoder" in n}
 
+    def restore(model, folder: Path) -> None:
+        saved = folder / ENCODER_STATE
+        if saved.is_file():
+            params = encoder_params(model)
+            for name, tensor in load_file(str(saved)).items():
+                params[name].data.copy_(tensor)
+
     class PromptEncoderCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, model=None, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and folder.is_dir():
-                save_file({n: p.detach().cpu().contiguous() for n, p in encoder_params(model).items()},
-                          str(folder / ENCODER_STATE))
+            if not (state.is_world_process_zero and folder.is_dir()):
+                return
+            params = encoder_params(model)
+            save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(folder / ENCODER_STATE))
+            adapter = folder / "adapter_model.safetensors"
+            embedding = next((p for n, p in params.items() if n.endswith("embedding.weight")), None)
+            if adapter.is_file() and embedding is not None:
+                tensors = load_file(str(adapter))
+                if tensors.get("prompt_embeddings") is not None and tensors["prompt_embeddings"].shape != embedding.shape:
+                    tensors["prompt_embeddings"] = embedding.detach().cpu().contiguous()  # restored above anyway
+                    save_file(tensors, str(adapter), metadata={"format": "pt"})
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / ENCODER_STATE
-            if state.global_step > 0 and saved.is_file():
-                params = encoder_params(model)
-                for name, tensor in load_file(str(saved)).items():
-                    params[name].data.copy_(tensor)
+            if state.global_step > 0:
+                restore(model, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if args.load_best_model_at_end and state.best_model_checkpoint:  # the Trainer reloaded PEFT's part
+                restore(model, Path(state.best_model_checkpoint))
 
     return PromptEncoderCheckpoints()
