@@ -20,7 +20,7 @@ from pathlib import Path
 
 TEST = ["data.max_eval_samples=400"]
 MINILM = [*TEST, "data.max_train_samples=400", "train.epochs=5"]
-SELF = ["data.unlabeled_from_train=4000", "train.self_training.rounds=2", "train.self_training.threshold=0.8",
+SELF = ["data.unlabeled_from_train=4000", "train.self_training.rounds=2", "train.self_training.threshold=0.6",
         "train.self_training.max_per_round=2000"]
 PET = ["model=smollm2", *TEST, "data.max_train_samples=200", "train.epochs=2", "train.batch_size=8",
        "+strategy=pet", "strategy.ensemble=true"]

@@ -196,3 +196,16 @@ def test_unlabelled_data_errors(tmp_path, echo_lm, cloze_data, extra, message):
     proc = run_cli("train", *extra, *prompt_args(echo_lm, cloze_data, tmp_path / "run"))
     assert_user_error(proc, message)
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_round_that_adds_nothing_is_reported(tmp_path, tiny_data, tiny_bert):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "+strategy=full", "data.unlabeled_from_train=20", "train.self_training.rounds=1",
+                   "train.self_training.threshold=1.0", *tiny_train_args(tiny_bert, tiny_data, run_dir,
+                                                                          "train.max_steps=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["self_training"]["rounds"][0]["added"] == 0
+    assert any("no unlabelled row reached train.self_training.threshold=1.0" in w for w in results["warnings"])
+    # the 20 rows were taken out of the 96 labelled ones, never trained on with their labels
+    assert results["num_train_examples"] == 96 - 20

@@ -76,7 +76,8 @@ def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: 
             trainer, record, splits, sets = reload_finished(cfg, run, task, strategy, splits, finished)
         results, records = evaluate_run(cfg, run, ident, task, strategy, trainer, splits, sets, record,
                                         reevaluated=finished is not None, started=started)
-        results.update(report or {})
+        extra = dict(report or {})  # a staged run's stages; their warnings join the run's own
+        results.update(extra, warnings=[*results["warnings"], *extra.pop("warnings", [])])
         if trainer.is_world_process_zero():
             run.write_predictions(records)
             run.write_results(results)  # last: its presence means the run completed

@@ -12,7 +12,11 @@ per-round "validation" figures are the ones to compare rounds on; "eval" is the 
 """
 from __future__ import annotations
 
+import logging
+
 from llmft.core.errors import require
+
+log = logging.getLogger(__name__)
 
 
 def validate(cfg, task, strategy) -> None:
@@ -53,18 +57,23 @@ def run(run_once, cfg, run_path, callbacks) -> dict:
     st = cfg.train.self_training
     task = build_task(cfg.data)
     splits = load_splits(cfg.data, task)
-    pool, added, rounds = splits["unlabeled"], None, []
+    pool, added, rounds, warnings = splits["unlabeled"], None, [], []
     for k in range(st.rounds + 1):
         name = f"round-{k}"
         stage = stage_config(cfg, name, added)
         if k == st.rounds:  # the final model: the run folder itself
             report = {"self_training": {"rounds": rounds, "threshold": st.threshold,
                                         "max_per_round": st.max_per_round, "unlabeled": len(splits["unlabeled"]),
-                                        "added_total": len(added) if added is not None else 0}}
+                                        "added_total": len(added) if added is not None else 0},
+                      "warnings": warnings}
             return run_once(stage, run_path, callbacks, extra_train=added, report=report)
         results = run_once(stage, stage_dir(run_path, name), extra_train=added)
         probs = softmax(label_scores(stage_dir(run_path, name) / "model", task, pool, cfg)) if len(pool) else None
         chosen = confident(probs, st.threshold, st.max_per_round) if probs is not None else []
+        if probs is not None and not chosen:  # the round changes nothing: say so, do not pass it silently
+            warnings.append(f"self-training round {k}: no unlabelled row reached train.self_training.threshold="
+                            f"{st.threshold} (highest confidence {probs.max():.3f}); lower the threshold")
+            log.warning(warnings[-1])
         picked = pool.select(chosen)
         write_rows(stage_dir(run_path, name) / "pseudo_labels.jsonl", picked, task.labels, probs[chosen])
         predicted = [int(probs[i].argmax()) for i in chosen]
