@@ -38,6 +38,15 @@ def test_soft_targets_are_cross_entropy_against_the_distribution():
     expected = -(targets * logits.log_softmax(-1)).sum(-1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
+    # only float lists are distributions: token ids (NER, SFT, seq2seq) and class ids are not
+    from datasets import Dataset
+
+    from llmft.techniques.objective import soft_targets
+
+    assert soft_targets(Dataset.from_dict({"labels": [[0.7, 0.2, 0.1]]}))
+    assert not soft_targets(Dataset.from_dict({"labels": [[5, 6, -100]]}))
+    assert not soft_targets(Dataset.from_dict({"labels": [2]}))
+
 
 def bert_scores(model_dir, texts):
     """Class probabilities of a saved full model, computed with transformers alone."""

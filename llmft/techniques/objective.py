@@ -126,7 +126,8 @@ class Objective:
 def soft_targets(train_set) -> bool:
     """The train set's labels are class distributions (a list of floats per row), not class ids."""
     feature = train_set.features.get("labels") if train_set is not None else None
-    return type(feature).__name__ in ("List", "Sequence", "LargeList")
+    inner = getattr(feature, "feature", None)  # a list's items: floats are a distribution, ints token ids
+    return type(feature).__name__ in ("List", "Sequence", "LargeList") and str(getattr(inner, "dtype", "")).startswith("float")
 
 
 def aligned(logits, labels, kind: str):
