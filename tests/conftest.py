@@ -222,11 +222,12 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
     """Run the installed `llmft` console script (the real CLI) and capture its output."""
     script = Path(sys.executable).with_name("llmft")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "llmft.cli"]
-    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=cli_env(), capture_output=True,
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env or cli_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 

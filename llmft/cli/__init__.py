@@ -2,6 +2,7 @@
 Hydra and the command's module load only once a command runs (see app.py)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from llmft.cli.table import COMMANDS, usage
@@ -50,7 +51,31 @@ def main(argv: list[str] | None = None) -> int:
         return report(argv[1:])
     from llmft.cli.app import run
 
+    if "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ:  # maybe a rank (joined in run())
+        try:
+            code = run(command, args)
+        except SystemExit as stop:  # a user error or a preemption: the rank printed its line
+            code = stop.code
+        if "LOCAL_RANK" in os.environ:
+            end_rank(code)
+        sys.exit(code)
     return run(command, args)
+
+
+def end_rank(code) -> None:
+    """A rank ends with ``os._exit`` once Python's own exit work (atexit: logging, wandb) has run.
+    The interpreter's C++ teardown, with gloo's and DeepSpeed's threads still alive, can abort a rank
+    whose work is done ("terminate called without an active exception"); the launcher then kills
+    the other ranks and fails a finished run. Exceptions never get here: their traceback stays."""
+    import atexit
+
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()  # what a normal exit runs, minus the C++ teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

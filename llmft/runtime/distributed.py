@@ -151,7 +151,8 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
               f"a step boundary in time. Rerun the same command to resume", file=sys.stderr)
         sys.exit(128 + err.sigval)
     except ChildFailedError as err:
-        failed_rank, failure = min(err.failures.items())
+        # the rank that failed first, not one the launcher then stopped with SIGTERM
+        failed_rank, failure = min(err.failures.items(), key=lambda f: (f[1].exitcode == -signal.SIGTERM, f[0]))
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
         if code not in (2, *PREEMPTED_CODES):  # those printed their own line
             print(f"llmft: error: rank {failed_rank} failed (exit code {failure.exitcode}); its traceback is above",
