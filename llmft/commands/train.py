@@ -22,6 +22,7 @@ from llmft.data.files import load_splits
 from llmft.models.loading import count_parameters, load_backbone, load_backbone_tokenizer
 from llmft.runtime.display import print_config, print_results
 from llmft.runtime.distributed import deepspeed_config, is_rank_zero, memory_figures, world_size
+from llmft.runtime import throughput
 from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerprint
 from llmft.runtime.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
 from llmft.strategies import build_strategy, strategy_class
@@ -111,10 +112,12 @@ def train_model(cfg, run, task, strategy, splits, ds_config, report_to, resume_f
         callbacks=[*strategy.callbacks(), *run.callbacks(ident, cfg.hardware.zero_stage), preemption, *callbacks,
                    *stopping.callbacks, *neftune.callbacks(cfg)],
         param_groups=param_groups, objective=objective, train_cfg=cfg.train,
-        sample_weights=sampling.sample_weights(cfg, train_set),
+        sampler=sampling.train_sampler(cfg, train_set),
         eval_dataset=stopping.eval_dataset(sets["validation"]), compute_metrics=stopping.compute_metrics(task),
     )
     figures = fit(trainer, strategy, run, resume_from, preemption, stopping)
+    if figures:
+        figures["group_by_length"] = sampling.grouped(cfg)
     strategy.before_eval(trainer)
     record = {"train": figures, "params": params, "aux": aux, "strategy_report": strategy.report(),
               "retention": retention.report_for(cfg, task, strategy, trainer, tokenizer, sets["eval"], run.path,
@@ -226,8 +229,12 @@ def diverged(run: RunDir, err: NonFinite, lead: bool) -> UserError:
 
 
 def train_summary(trainer, trained, resume_step: int) -> dict:
+    """Steps, loss and speed of this session (a resumed run counts the tokens it trained, not the
+    ones before its checkpoint); the real-token fraction and MFU (runtime/throughput.py)."""
     runtime = trained.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen
+    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    args = trainer.args
+    dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return {
         "runtime_s": round(runtime, 2),
         "resumed_from_step": resume_step,
@@ -235,6 +242,7 @@ def train_summary(trainer, trained, resume_step: int) -> dict:
         "epochs": round(trainer.state.epoch or 0.0, 4),
         "final_loss": round(trained.training_loss, 4),
         "samples_per_s": round(trained.metrics["train_samples_per_second"], 2),
-        "tokens_seen": int(tokens),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),  # real (non-padding) tokens, all processes
         "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
+        **throughput.summary(trainer.model, trainer.tokens, runtime, args.device.type, dtype),
     }

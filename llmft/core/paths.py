@@ -6,6 +6,7 @@ so weights and data that come as Python packages need no hard-coded site-package
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from llmft.core.errors import UserError
@@ -30,3 +31,8 @@ def resolve_path(spec: str, key: str = "path") -> Path:
         )
     return Path(list(found.submodule_search_locations)[0]) / sub
 
+
+
+def cache_root() -> Path:
+    """Where llmft keeps what it derives once per machine (converted GGUF models, the peak FLOP/s)."""
+    return Path(os.environ.get("LLMFT_CACHE", Path.home() / ".cache" / "llmft"))

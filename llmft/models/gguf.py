@@ -16,14 +16,11 @@ import shutil
 from pathlib import Path
 
 from llmft.core.errors import UserError
+from llmft.core.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 GGUF_PREFIX = "gguf:"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMFT_CACHE", Path.home() / ".cache" / "llmft"))
 
 
 def converted_folder(spec: str, key: str = "model.name_or_path") -> str:

@@ -45,6 +45,9 @@ def print_results(results: dict) -> None:
     if train:
         table.add_row("train runtime", f"{train['runtime_s']:.1f} s")
         table.add_row("train tokens/s", f"{train['tokens_per_s']:.0f}")
+        if train.get("mfu") is not None:  # real tokens: padding is work, not model FLOPs
+            table.add_row("real tokens / processed", f"{train['real_token_fraction']:.1%}")
+            table.add_row("MFU (model FLOP/s / peak)", f"{train['mfu']:.1%}")
     params = results.get("params")
     if params:
         table.add_row("trainable params", f"{params['trainable']:,} ({params['trainable_pct']:.2f} %)")

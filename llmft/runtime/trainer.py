@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
+from llmft.runtime.throughput import TokenCounter
 from llmft.core.errors import UserError, require, require_one_of
 
 
@@ -123,15 +124,18 @@ def eval_arguments(output_dir: Path, batch_size: int, hardware, compile: bool = 
 
 
 def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=(), param_groups=None,
-                  objective=None, train_cfg=None, sample_weights=None, eval_dataset=None, compute_metrics=None):
+                  objective=None, train_cfg=None, sampler=None, eval_dataset=None, compute_metrics=None):
     """The HF Trainer, and what llmft adds to it: the strategy's optimizer groups
     (``param_groups``), an ``objective`` beyond the model's own loss (llmft/objective.py) with
-    each term logged, torch's one_cycle / cyclic schedules, weighted sampling."""
+    each term logged, torch's one_cycle / cyclic schedules, the order examples are drawn in
+    (``sampler``: (global batch, seed) -> Sampler, techniques/sampling.py), the tokens trained on
+    (``trainer.tokens``: real and padded, runtime/throughput.py)."""
     import torch
     from transformers import Trainer, TrainerCallback
 
     class LlmftTrainer(Trainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
+            self.tokens.add(inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():  # before the optimizer step: the weights are still finite
                 raise NonFinite("loss", loss.float().max().item(), self.state.global_step + 1)
@@ -161,9 +165,9 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
             return self.lr_scheduler
 
         def _get_train_sampler(self, train_dataset=None):
-            if sample_weights is None:
+            if sampler is None:
                 return super()._get_train_sampler(train_dataset)
-            return EpochWeightedSampler(sample_weights, self.args.seed)
+            return sampler(self.args.per_device_train_batch_size * self.args.world_size, self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if objective is None or not model.training:  # eval loss: the model's own
@@ -217,6 +221,7 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         callbacks=[*extra, *callbacks],
     )
     trainer._terms = {}  # loss term -> (sum, count) since the last log
+    trainer.tokens = TokenCounter()
     # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
     # then skips the division by gradient accumulation and multiplies by the process count: for
     # heads whose loss is a per-batch mean (and for llmft's objective), that scales the gradient
@@ -229,20 +234,6 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     if objective is not None and objective.teacher is not None:
         objective.teacher.to(trainer.args.device)  # distillation: the teacher runs beside the student
     return trainer
-
-
-def EpochWeightedSampler(weights: list[float], seed: int):
-    """torch's WeightedRandomSampler whose draws depend on (seed, epoch) only: the Trainer calls
-    set_epoch each epoch, so a resumed run draws epoch k's order, not epoch 1's again."""
-    import torch
-
-    class Sampler(torch.utils.data.WeightedRandomSampler):
-        def set_epoch(self, epoch: int) -> None:
-            self.generator = torch.Generator().manual_seed(seed * 1000 + int(epoch))
-
-    sampler = Sampler(weights, len(weights))
-    sampler.set_epoch(0)
-    return sampler
 
 
 class NonFinite(Exception):
