@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# pytest-xdist workers (pyproject's addopts: -n 2) share the cores: each worker's torch, and every
+# CLI it starts, gets its share of the threads instead of all of them (oversubscribed cores crawl)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 LABELS = ["negative", "neutral", "positive"]
 _WORDS = {
     "negative": ["awful", "bad", "hate", "terrible", "worst", "angry"],

@@ -108,3 +108,21 @@ def test_group_by_length_refuses_what_it_cannot_do(tmp_path, tiny_bert, tiny_dat
                                              "data.group_by_length=true"))
     assert_user_error(proc, "data.group_by_length", "balanced")
     assert not (tmp_path / "r").exists()
+
+
+def test_gradient_checkpointing_still_trains_the_adapter(tmp_path, tiny_bert, tiny_data):
+    """Recomputed activations with frozen embeddings: a reentrant checkpoint would give LoRA no
+    gradient at all (the run would finish, untrained). The adapter must move, the loss must match
+    the run without checkpointing (same math, recomputed)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for on in (True, False):
+        run = tmp_path / f"gc-{on}"
+        proc = run_cli("train", "+strategy=lora", f"hardware.gradient_checkpointing={str(on).lower()}",
+                       *tiny_train_args(tiny_bert, tiny_data, run, "train.max_steps=6"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[on] = read_results(run)["train"]["final_loss"]
+        adapter = load_file(run / "model" / "adapter_model.safetensors")
+        assert any("lora_B" in k and t.abs().max() > 0 for k, t in adapter.items())
+    assert runs[True] == pytest.approx(runs[False], abs=1e-4)

@@ -1,8 +1,9 @@
 """``llmft bench-infer model_dir=RUN/model``: the inference variants of one trained model, measured
 in one run on the same eval split against the fp32 original.
 
-    model_dir -> fp32 model (adapters merged) -> each variant (bf16, fp16, int8: llmft/precision.py)
-        and each student model -> size on disk, task metrics, latency p50/p95 at batch 1,
+    model_dir -> fp32 model (adapters merged) -> each variant (bf16, fp16, int8: llmft/precision.py;
+        onnx, onnx-int8: exported by llmft export's code into a temp folder, run by ONNX Runtime with
+        torch's thread count: llmft/models/onnx.py) and each student model -> size on disk, task metrics, latency p50/p95 at batch 1,
         throughput at batch_size -> table (printed), inference_report.md, results.json
 
 Every variant sees the same tokenized examples in the same order; timings exclude warm-up.
@@ -46,18 +47,21 @@ def main(cfg, run_path: str | Path) -> dict:
     collate = task.collator(tokenizer)
     features = [eval_set[i] for i in range(len(eval_set))]
 
-    candidates = [(v, lambda v=v: to_variant(reference, v)) for v in cfg.variants]
+    example = {k: v for k, v in collate([dict(f) for f in features[:8]]).items() if k not in ("labels", "word_start")}
+    candidates = [(v, lambda folder, v=v: onnx_variant(reference, example, v, folder) if v.startswith("onnx")
+                   else to_variant(reference, v)) for v in cfg.variants]
     for student in cfg.students:
         student_meta = read_metadata(Path(student))
         candidates.append((f"student ({Path(student).resolve().parent.name})",
-                           lambda s=student, m=student_meta: plain_model(
+                           lambda folder, s=student, m=student_meta: plain_model(
                                load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0])))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in candidates:
-            variant = make().eval()
             folder = Path(tmp) / name.replace(" ", "_")
-            save_variant(variant, name if name in ("int8",) else "fp32", folder)
+            variant = make(folder).eval()
+            if not name.startswith("onnx"):  # (an ONNX variant is run from the folder it was exported to)
+                save_variant(variant, name if name in ("int8",) else "fp32", folder)
             row = {"variant": name, "size_mb": round(size_on_disk(folder) / 2**20, 2)}
             row.update(measure(variant, task, features, collate, cfg))
             rows.append(row)
@@ -81,12 +85,20 @@ def main(cfg, run_path: str | Path) -> dict:
     return results
 
 
+def onnx_variant(reference, example: dict, fmt: str, folder: Path):
+    """The fp32 model exported as llmft export does it, loaded in ONNX Runtime."""
+    from llmft.models.onnx import OnnxModel, save_onnx
+
+    save_onnx(reference, example, fmt, folder)
+    return OnnxModel(folder)
+
+
 def measure(model, task, features, collate, cfg) -> dict:
     import torch
 
     from transformers import EvalPrediction
 
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
 
     def run(batch_features):
@@ -144,6 +156,13 @@ def validate(cfg) -> None:
     from llmft.core.errors import require, require_one_of
 
     for variant in cfg.variants:
-        require_one_of("variants", variant, ("fp32", "bf16", "fp16", "int8"))
+        require_one_of("variants", variant, ("fp32", "bf16", "fp16", "int8", "onnx", "onnx-int8"))
+    if any(str(v).startswith("onnx") for v in cfg.variants):
+        from llmft.commands.export import ONNX_TASKS
+        from llmft.models.onnx import require_onnxruntime
+
+        require(cfg.data.task in ONNX_TASKS, "variants", f"onnx and onnx-int8 run {' and '.join(ONNX_TASKS)} models "
+                f"(this one is data.task={cfg.data.task})")
+        require_onnxruntime("variants=[onnx...]")
     for key in ("latency_examples", "throughput_examples", "batch_size"):
         require(cfg[key] >= 1, key, f"must be >= 1 (got {cfg[key]})")

@@ -3,6 +3,8 @@
     merged (default)  a LoRA / DoRA / IA3 adapter merged into its base, saved as a plain HF model
     bf16, fp16        the model (adapters merged first) in half precision, a plain HF folder
     int8              dynamic int8 quantization of the linear layers, in safetensors (llmft/precision.py)
+    onnx, onnx-int8   model.onnx for ONNX Runtime: fp32, or int8 by its quantizer (llmft/models/onnx.py);
+                      classification and NER (without a CRF) models
 
     output_dir checked (before anything loads) -> model_dir/llmft.json -> the saved model -> logits
         on a few eval inputs -> convert -> save into a temp folder beside output_dir -> reload it
@@ -31,7 +33,9 @@ from llmft.core.errors import UserError
 log = logging.getLogger(__name__)
 
 # max |logit - source logit| / max(1, max |source logit|) allowed per format
-TOLERANCES = {"merged": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1}
+# (onnx: the same fp32 math in other kernels, measured ~1e-7; onnx-int8: int8 weights like int8)
+TOLERANCES = {"merged": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1, "onnx": 1e-4, "onnx-int8": 1e-1}
+ONNX_TASKS = ("classification", "ner")  # sequence and token logits: what ONNX Runtime runs here
 MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it replaces
 
 
@@ -66,6 +70,11 @@ def main(cfg, run_path: str | Path) -> dict:
         if fmt == "merged":
             record, message = merge(model, tokenizer, batch, task, tolerance, cfg.trust_remote_code, tmp)
             record["meta"]["merged_from"] = meta["strategy"]
+        elif fmt.startswith("onnx"):
+            if meta.get("crf"):
+                raise UserError(f"model_dir={model_dir}: a NER model with a CRF (model.crf=true); format={fmt} "
+                                f"exports token logits without the CRF's decoding: use format=int8 or bf16")
+            record, message = convert_onnx(fmt, tolerance, model, tokenizer, batch, meta, model_dir, tmp)
         else:
             record, message = convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir, tmp)
         finish(tmp, model_dir, {**meta, "strategy": "full", **record["meta"]}, fmt)
@@ -236,17 +245,38 @@ def mergeable() -> list[str]:
     return strategies_that("mergeable")
 
 
-def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
-    """bf16 / fp16 / int8: convert the fp32 model (adapters merged), save to ``tmp``, reload, compare."""
-    import torch
-
-    from llmft.models.precision import load_int8, save_variant, size_on_disk, to_variant
+def merged_source(model, fmt: str, meta: dict, model_dir: Path):
+    """The plain model to convert (adapters merged); a one-line refusal for adapters that do not merge."""
     from llmft.artifacts import plain_model
 
     source = plain_model(model)
     if hasattr(source, "peft_config"):
         raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' adapter does not merge into its base; "
                         f"format={fmt} converts full models and {', '.join(mergeable())} adapters")
+    return source
+
+
+def compare(fmt: str, tolerance: float, reference, logits, **extra) -> dict:
+    """The export check: max |logit difference| against fp32 within ``tolerance`` x the logit scale,
+    or a one-line error (the caller has written nothing outside its temp folder)."""
+    scale = max(1.0, reference.abs().max().item())
+    diff = (logits - reference).abs().max().item()
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    check = {"examples": len(reference), "tolerance": tolerance, "max_abs_diff_vs_fp32": diff,
+             "argmax_agreement": agree, "passed": diff <= tolerance * scale, **extra}
+    if not check["passed"]:
+        raise UserError(f"export check failed: {fmt} logits differ from fp32 by {diff:.3g} "
+                        f"(> {tolerance} x {scale:.3g}); nothing was saved (output_dir is as it was)")
+    return check
+
+
+def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
+    """bf16 / fp16 / int8: convert the fp32 model (adapters merged), save to ``tmp``, reload, compare."""
+    import torch
+
+    from llmft.models.precision import load_int8, save_variant, size_on_disk, to_variant
+
+    source = merged_source(model, fmt, meta, model_dir)
     with torch.no_grad():
         reference = source(**batch).logits.float()
         save_variant(to_variant(source, fmt), fmt, tmp)
@@ -258,18 +288,38 @@ def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp:
 
             reloaded = getattr(transformers, source.config.architectures[0]).from_pretrained(str(tmp)).eval()
         logits = reloaded(**{k: v.to(reloaded.device) for k, v in batch.items()}).logits.float()
-    scale = max(1.0, reference.abs().max().item())
-    diff = (logits - reference).abs().max().item()
-    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
-    check = {"examples": len(reference), "tolerance": tolerance, "max_abs_diff_vs_fp32": diff,
-             "argmax_agreement": agree, "passed": diff <= tolerance * scale,
-             "dtype": str(next(reloaded.parameters()).dtype) if fmt != "int8" else "qint8"}
-    if not check["passed"]:
-        raise UserError(f"export check failed: {fmt} logits differ from fp32 by {diff:.3g} "
-                        f"(> {tolerance} x {scale:.3g}); nothing was saved (output_dir is as it was)")
+    check = compare(fmt, tolerance, reference, logits,
+                    dtype=str(next(reloaded.parameters()).dtype) if fmt != "int8" else "qint8")
+    diff, agree = check["max_abs_diff_vs_fp32"], check["argmax_agreement"]
     size = size_on_disk(tmp)
     message = (f"{fmt} export: max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax agreement "
                f"{agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB of weights")
+    return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
+            "check": check}, message
+
+
+def convert_onnx(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
+    """onnx / onnx-int8: export the fp32 model (adapters merged) to ``tmp/model.onnx``, load it in
+    ONNX Runtime, compare its logits with the torch model's."""
+    import torch
+
+    from llmft.models.onnx import OnnxModel, save_onnx
+    from llmft.models.precision import size_on_disk
+
+    source = merged_source(model, fmt, meta, model_dir)
+    with torch.no_grad():
+        reference = source(**batch).logits.float()
+    save_onnx(source, batch, fmt, tmp)
+    source.config.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    logits = OnnxModel(tmp)(**batch).logits
+    check = compare(fmt, tolerance, reference, logits, runtime="onnxruntime",
+                    dtype="float32" if fmt == "onnx" else "qint8")
+    diff, agree = check["max_abs_diff_vs_fp32"], check["argmax_agreement"]
+    size = size_on_disk(tmp)
+    message = (f"{fmt} export (ONNX Runtime): max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax "
+               f"agreement {agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB; predict with "
+               f"predict.backend=onnxruntime")
     return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
             "check": check}, message
 
@@ -278,6 +328,12 @@ def validate(cfg) -> None:
     """llmft export's own knobs (torch-free)."""
     from llmft.core.errors import require
 
+    if cfg.format.startswith("onnx"):
+        require(cfg.data.task in ONNX_TASKS, "format", f"{cfg.format} exports {' and '.join(ONNX_TASKS)} models "
+                f"(this one is data.task={cfg.data.task}); format=bf16|fp16|int8 converts the others")
+        from llmft.models.onnx import require_onnxruntime
+
+        require_onnxruntime(f"format={cfg.format}")
     require(cfg.check_examples >= 1, "check_examples", "must be >= 1 (the export is checked on them)")
     require(cfg.tolerance is None or cfg.tolerance > 0, "tolerance", "must be > 0 or null (the format's own)")
     if cfg.output_dir:

@@ -3,12 +3,16 @@ unlabelled inputs (csv or json lines with the data config's text column(s)).
 
     model_dir/llmft.json -> task -> read + check the input file -> model or adapter
         -> trainer.predict (batched, progress bar) -> predictions JSONL (+ throughput in the log)
+predict.backend=onnxruntime: model_dir is an ``llmft export format=onnx|onnx-int8`` folder; its
+model.onnx runs in ONNX Runtime (CPU) instead of the model and the Trainer, same JSONL.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
+
+from llmft.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +35,29 @@ def main(cfg, run_path: str | Path) -> dict:
     inputs = read_file(path, cfg.data, "predict.input_file", task.file_layouts)
     check_columns(inputs, str(path), task.input_columns(), cfg.data)
 
-    model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
+    onnx = cfg.predict.backend == "onnxruntime"
+    if str(meta.get("format", "")).startswith("onnx") != onnx:
+        raise UserError(f"model_dir={model_dir}: " + ("an ONNX export: add predict.backend=onnxruntime" if not onnx
+                        else "holds no ONNX export; make one with llmft export export.format=onnx (or onnx-int8)"))
+    if onnx:
+        from llmft.artifacts import require_trust
+        from llmft.models.loading import load_tokenizer
+        from llmft.models.onnx import OnnxModel, OnnxPredictor
+
+        require_trust(meta, cfg.trust_remote_code, f"model_dir={model_dir}", model_dir)
+        tokenizer = load_tokenizer(str(model_dir), cfg.trust_remote_code)
+    else:
+        model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
     if cfg.predict.precision != "fp32":
         from llmft.models.precision import to_variant
 
         model = to_variant(model, cfg.predict.precision)
     inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
-    args = eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware, compile=cfg.predict.compile)
-    trainer = build_trainer(args, model, tokenizer, task)
+    if onnx:
+        trainer = OnnxPredictor(OnnxModel(model_dir), tokenizer, task.collator(tokenizer), cfg.predict.batch_size)
+    else:
+        args = eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware, compile=cfg.predict.compile)
+        trainer = build_trainer(args, model, tokenizer, task)
     started = time.perf_counter()
     records = task.predict(trainer, inputs, cfg.generate)
     seconds = time.perf_counter() - started
@@ -49,7 +68,7 @@ def main(cfg, run_path: str | Path) -> dict:
 
     out.write_text("".join(dumps(r) + "\n" for r in records))
     summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
-               "precision": cfg.predict.precision, "compile": cfg.predict.compile,
+               "precision": cfg.predict.precision, "compile": cfg.predict.compile, "backend": cfg.predict.backend,
                "seconds": round(seconds, 3), "examples_per_s": round(len(records) / seconds, 1) if seconds else None}
     run.write_results(summary)
     log.info("predict: %d examples in %.2f s (%.1f examples/s) -> %s", len(records), seconds,
@@ -68,3 +87,17 @@ def validate(cfg) -> None:
             f"file not found: {cfg.predict.input_file}")
     out = cfg.predict.output_file
     require(not out or not Path(out).is_dir(), "predict.output_file", f"{out} is a folder; name a file in it")
+    from llmft.models.onnx import ONNX_FILE, require_onnxruntime
+
+    if cfg.predict.backend == "torch":
+        require(not (Path(cfg.model_dir) / ONNX_FILE).is_file(), "predict.backend",
+                f"model_dir={cfg.model_dir} is an ONNX export ({ONNX_FILE}): add predict.backend=onnxruntime")
+    else:
+        for key, value, default in (("predict.precision", cfg.predict.precision, "fp32"),
+                                    ("predict.compile", cfg.predict.compile, False)):
+            require(value == default, key, f"{value} applies to the torch backend; with predict.backend=onnxruntime "
+                    "the export's own precision runs (llmft export export.format=onnx-int8 for int8)")
+        require((Path(cfg.model_dir) / ONNX_FILE).is_file(), "predict.backend",
+                f"onnxruntime runs an ONNX export and model_dir={cfg.model_dir} has no {ONNX_FILE}; make one: "
+                f"llmft export model_dir=RUN/model export.format=onnx (or onnx-int8)")
+        require_onnxruntime("predict.backend=onnxruntime")

@@ -121,6 +121,7 @@ class DataConfig:
     # data.aux=[{kind:classification,train_file:PATH,weight:0.2,label_column:kind}]
     aux: List[AuxConfig] = field(default_factory=list)
     max_length: int = 128
+    packing: bool = False  # sft: each batch's sequences in one row, no padding, no attention across them
     # train.epochs unless set (train.yaml reads ${data.epochs}): a small data set needs more passes
     epochs: float = 1.0
     prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
@@ -166,7 +167,8 @@ class HardwareConfig:
     offload_param: str = choice("none", "cpu", "nvme")  # ZeRO 3
     nvme_path: Optional[str] = None  # for nvme offload
     zero3_persistence_threshold: Optional[int] = None  # parameters smaller than this stay whole (DeepSpeed: 1e5)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
+    compile: bool = False  # torch.compile the model for training (the first steps pay for compiling)
     device_map: Optional[str] = None  # eval/predict: "auto" splits a large model's layers over the devices
     master_port: int = 29500  # multi-node rendezvous (+ SLURM job id % 10000)
     dataloader_workers: int = 0
@@ -298,6 +300,8 @@ class PredictConfig:
     batch_size: int = 64
     precision: str = choice("fp32", "bf16", "int8")  # int8: dynamic quantization (CPU), converted after loading
     compile: bool = False  # torch.compile the model first
+    # onnxruntime: model_dir is an `llmft export format=onnx|onnx-int8` folder (model.onnx), run on the CPU
+    backend: str = choice("torch", "onnxruntime")
 
 
 @dataclass
@@ -317,10 +321,11 @@ class ExportRunConfig:
     output_dir: Optional[str] = None  # default: next to model_dir, as <format>/ (merged/, bf16/, ...)
     data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
     hardware: HardwareConfig = MISSING
-    format: str = choice("merged", "bf16", "fp16", "int8")  # merged: adapters; see models/precision.py
+    # merged: adapters; bf16|fp16|int8: models/precision.py; onnx|onnx-int8 (ONNX Runtime): models/onnx.py
+    format: str = choice("merged", "bf16", "fp16", "int8", "onnx", "onnx-int8")
     check_examples: int = 8
     # max |exported - source| logit difference relative to the logit scale; null: the format's
-    # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1)
+    # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1, onnx 1e-4, onnx-int8 1e-1)
     tolerance: Optional[float] = None
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
@@ -344,7 +349,8 @@ class MergeAdaptersRunConfig:
 @dataclass
 class BenchInferRunConfig:
     model_dir: str = MISSING  # a run's model/ folder (classification or ner): the fp32 reference
-    variants: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])  # fp32 | bf16 | fp16 | int8
+    # fp32 | bf16 | fp16 | int8 | onnx | onnx-int8 (ONNX Runtime, exported into a temp folder)
+    variants: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     students: List[str] = field(default_factory=list)  # more model/ folders, e.g. distilled students
     data: DataConfig = MISSING  # the eval split every variant is scored on (the run's own, by default)
     hardware: HardwareConfig = MISSING

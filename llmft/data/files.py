@@ -198,6 +198,9 @@ def _find_cause(err: BaseException, kind: type, last: bool = False):
 def validate_data(d) -> None:
     """The data section's generic checks (torch-free); the task checks its own keys."""
     require(d.max_length >= 8, "data.max_length", f"must be >= 8 (got {d.max_length})")
+    from llmft.data.packing import validate as validate_packing
+
+    validate_packing(d)
     for key in ("max_train_samples", "max_eval_samples"):
         value = d[key]
         require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null (got {value})")

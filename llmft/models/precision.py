@@ -183,4 +183,4 @@ def _weight_from(tensors: dict, name: str, path: Path):
 
 def size_on_disk(path: Path) -> int:
     """Bytes of the weights in a saved folder."""
-    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".pt", ".bin"))
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".pt", ".bin", ".onnx"))

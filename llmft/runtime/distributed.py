@@ -319,3 +319,5 @@ def validate_hardware(hw) -> None:
             "fp16 needs a GPU; on the CPU use bf16 or fp32")
     if hw.device_map is not None:
         require(hw.device_map == "auto", "hardware.device_map", f"must be auto or null (got {hw.device_map})")
+    require(not (hw.compile and hw.zero_stage > 0), "hardware.compile",
+            "does not combine with DeepSpeed (hardware.zero_stage>0): the Trainer compiles the model, not the engine")

@@ -97,10 +97,12 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         use_cpu=use_cpu(cfg.hardware),
         **precision_flags(cfg.hardware),
         dataloader_num_workers=cfg.hardware.dataloader_workers,
-        include_num_input_tokens_seen="non_padding",
+        # packed rows (data.packing) have no padding and no attention mask: count them whole, not != pad (= eos)
+        include_num_input_tokens_seen="all" if cfg.data.get("packing") else "non_padding",
         logging_nan_inf_filter=False,  # metrics.jsonl shows a nan loss as nan (and the run stops: NonFinite)
         disable_tqdm=False,
-        gradient_checkpointing=cfg.hardware.gradient_checkpointing,
+        activation_checkpointing=cfg.hardware.gradient_checkpointing,  # transformers 5 name
+        torch_compile=cfg.hardware.compile,
         deepspeed=deepspeed,  # rendered from cfg.hardware (llmft/distributed.py); None: no DeepSpeed
         ddp_backend="gloo" if use_cpu(cfg.hardware) and is_launched() else None,
         ddp_timeout=cfg.hardware.collective_timeout_s,  # a rank that waits longer on the others fails

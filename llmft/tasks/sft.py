@@ -4,14 +4,16 @@ Each example is a chat whose last turn is the assistant's (a ``messages`` column
 prompt/response pair). The loss covers the response tokens only: everything the chat template
 renders before the assistant's answer is masked (-100). Evaluation: loss and perplexity on the
 eval split, then generation for the eval prompts (left padding, KV cache, stops at the template's
-end-of-turn token), scored with ROUGE-L (rouge_score) and exact match.
+end-of-turn token), scored with ROUGE-L (rouge_score) and exact match. ``data.packing=true``: the
+loss batches (train and eval) are packed into one row each, the same labels kept (data/packing.py);
+generation never packs.
 """
 from __future__ import annotations
 
 import logging
 import math
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.models.generation import generate, generation_metrics
 from llmft.tasks.base import Task
 
@@ -28,6 +30,17 @@ class SFT(Task):
     loss_counts_tokens = True
     peft_task_type = "CAUSAL_LM"
     primary_metric = "rougeL"
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        super().validate_config(cfg)
+        if cfg.data.packing and "strategy" in cfg:  # virtual tokens would be shared by every packed sequence
+            require("num_virtual_tokens" not in cfg.strategy, "data.packing",
+                    f"strategy={cfg.strategy.name} puts virtual tokens before the row, which every packed "
+                    f"sequence would share; set data.packing=false")
+        if cfg.data.packing and "train" in cfg and cfg.train.distill.teacher:  # it keys the cache by padded rows
+            require(not cfg.train.distill.cache, "data.packing",
+                    "does not combine with train.distill.cache=true (set one of them to false)")
 
     def input_columns(self) -> list[str]:
         return []  # a messages column or a prompt column: see prompts()
@@ -105,7 +118,19 @@ class SFT(Task):
     def collator(self, tokenizer):
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)  # pads labels with -100
+        padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)  # pads labels with -100
+        if not getattr(self.data_cfg, "packing", False):
+            return padded
+        from llmft.data.packing import PackingCollator
+
+        return PackingCollator(padded)  # one row per batch, the response-only labels kept (data/packing.py)
+
+    def wrap(self, model, param_groups, model_cfg) -> tuple:
+        if getattr(self.data_cfg, "packing", False):
+            from llmft.data.packing import check_model
+
+            check_model(model)  # its attention keeps packed sequences apart, or a one-line refusal
+        return model, param_groups
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, trainer, tokenized, raw, generate_cfg=None) -> tuple[dict, list[dict]]:
