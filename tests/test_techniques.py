@@ -120,7 +120,7 @@ def test_balanced_class_weights_raise_minority_recall(tmp_path, tiny_bert, skewe
     for weights in ("none", "balanced"):
         run_dir = tmp_path / weights
         proc = run_cli("train", *tiny_train_args(tiny_bert, skewed, run_dir, "train.epochs=1", "train.lr=2e-3",
-                                                 f"train.class_weights={weights}"))
+                                                 f"train.class_weights={weights}", "data.group_by_length=false"))
         assert proc.returncode == 0, proc.stderr[-3000:]
         per_class = read_results(run_dir)["eval"]["per_class"]
         recall[weights] = per_class["neutral"]["recall"] + per_class["positive"]["recall"]

@@ -25,9 +25,11 @@ def validate(cfg, task, strategy) -> None:
 
 
 def grouped(cfg) -> bool:
-    """data.group_by_length, its default (null) resolved: on for classification, ner and qa."""
-    if cfg.data.group_by_length is None:
-        return (cfg.data.task in GROUPED_TASKS and cfg.data.sampler == "random"
+    """data.group_by_length, its default (null) resolved: on for classification, ner and qa, unless
+    data.aux mixes in other sets (their rows differ in length from the main task's: grouped batches
+    would each hold one task's rows, not the mix its weight asks for)."""
+    if cfg.data.group_by_length is None:  # not with data.aux: batches would hold one task's rows each
+        return (cfg.data.task in GROUPED_TASKS and cfg.data.sampler == "random" and not cfg.data.aux
                 and not getattr(cfg.data, "packing", False))
     return bool(cfg.data.group_by_length)
 

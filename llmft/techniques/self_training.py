@@ -74,8 +74,13 @@ def run(run_once, cfg, run_path, callbacks) -> dict:
             warnings.append(f"self-training round {k}: no unlabelled row reached train.self_training.threshold="
                             f"{st.threshold} (highest confidence {probs.max():.3f}); lower the threshold")
             log.warning(warnings[-1])
+        if probs is None:  # an earlier round took every unlabelled row: this one retrains on the same rows
+            warnings.append(f"self-training round {k}: no unlabelled row left (earlier rounds added all "
+                            f"{len(splits['unlabeled'])}); fewer train.self_training.rounds give the same model")
+            log.warning(warnings[-1])
         picked = pool.select(chosen)
-        write_rows(stage_dir(run_path, name) / "pseudo_labels.jsonl", picked, task.labels, probs[chosen])
+        write_rows(stage_dir(run_path, name) / "pseudo_labels.jsonl", picked, task.labels,
+                   probs[chosen] if probs is not None else [])
         predicted = [int(probs[i].argmax()) for i in chosen]
         new = labelled(picked, predicted)
         added = new if added is None else concatenate_datasets([added, new])
