@@ -95,7 +95,8 @@ def test_model_flops_by_hand():
     counter.add({"input_ids": torch.zeros(2, 5, dtype=torch.long),
                  "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])})
     assert (counter.real, counter.processed, counter.squares) == (8, 10, 34) and counter.real_fraction == 0.8
-    assert model_shape(model) == {"linear": 100, "trainable_linear": 60, "layers": 2, "hidden": 4}
+    assert model_shape(model) == {"linear": 100, "trainable_linear": 60, "encoder_decoder": False, "layers": 2,
+                                  "hidden": 4}
     assert training_flops(model_shape(model), counter) == 6336
     packed = TokenCounter()  # packed rows: positions restart at 0 for each sequence, no padding
     packed.add({"input_ids": torch.zeros(1, 8, dtype=torch.long),
@@ -126,3 +127,23 @@ def test_gradient_checkpointing_still_trains_the_adapter(tmp_path, tiny_bert, ti
         adapter = load_file(run / "model" / "adapter_model.safetensors")
         assert any("lora_B" in k and t.abs().max() > 0 for k, t in adapter.items())
     assert runs[True] == pytest.approx(runs[False], abs=1e-4)
+
+
+def test_mfu_is_left_out_where_it_would_be_wrong_and_a_read_only_cache_costs_nothing(tmp_path, monkeypatch):
+    """An encoder-decoder's decoder tokens are not counted: no MFU rather than a wrong one. An
+    unwritable $LLMFT_CACHE must not fail a finished run at its results."""
+    import torch
+
+    from llmft.runtime.throughput import TokenCounter, summary
+
+    counter = TokenCounter()
+    counter.add({"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4)})
+    model = torch.nn.Linear(4, 4)
+    model.config = type("Config", (), {"is_encoder_decoder": True})()
+    assert summary(model, counter, 1.0, "cpu", "fp32") == {"real_token_fraction": 1.0}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("LLMFT_CACHE", str(blocker / "cache"))  # below a file: mkdir fails
+    model.config = type("Config", (), {"num_hidden_layers": 1, "hidden_size": 4})()
+    figures = summary(model, counter, 1e-5, "cpu", "fp32")  # 1,792 FLOPs in 10 us
+    assert 0 < figures["mfu"] <= 1 and "not writable" in figures["peak_source"]

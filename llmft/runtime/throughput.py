@@ -76,9 +76,10 @@ def model_shape(model) -> dict:
             size = getattr(module.weight, "ds_numel", None) or module.weight.numel()  # ZeRO-3 shards it
             linear += size
             trainable += size if module.weight.requires_grad else 0
-    config = getattr(model, "config", None)
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)  # wrappers
     config = getattr(config, "text_config", None) or config
     return {"linear": linear, "trainable_linear": trainable,
+            "encoder_decoder": bool(getattr(config, "is_encoder_decoder", False)),
             "layers": int(getattr(config, "num_hidden_layers", 0) or 0),
             "hidden": int(getattr(config, "hidden_size", 0) or 0)}
 
@@ -108,10 +109,13 @@ def peak_flops(device: str, dtype: str) -> tuple[float, str]:
         cache = {}
     if key not in cache:
         cache[key] = matmul_probe(device, dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:  # an unwritable cache costs the next run the probe again, never this run's results
+            return cache[key], f"measured: {key} (matmul probe; {path} not writable)"
     return cache[key], f"measured: {key} (matmul probe, cached in {path})"
 
 
@@ -156,6 +160,8 @@ def summary(model, counter: TokenCounter, runtime_s: float, device: str, dtype: 
     if not counter.processed or runtime_s <= 0:
         return {}
     shape = model_shape(model)
+    if shape["encoder_decoder"]:  # the decoder's tokens are not the inputs counted here: no MFU to defend
+        return {"real_token_fraction": round(counter.real_fraction, 4)}
     achieved = training_flops(shape, counter) / runtime_s
     peak, source = peak_flops(device, dtype)
     return {
