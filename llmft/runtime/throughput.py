@@ -35,7 +35,8 @@ class TokenCounter:
     squared sequence lengths (attention's cost)."""
 
     def __init__(self):
-        self.real = self.processed = self.squares = 0
+        self.processed = 0
+        self._real = self._squares = 0  # tensors once counting starts: summed on the device, no sync per step
 
     def add(self, inputs: dict) -> None:
         ids = inputs.get("input_ids")
@@ -49,8 +50,16 @@ class TokenCounter:
             lengths = packed_lengths(inputs["position_ids"])
         else:
             lengths = ids.new_full((ids.shape[0],), ids.shape[-1])
-        self.real += int(lengths.sum())
-        self.squares += int((lengths.double() ** 2).sum())
+        self._real = self._real + lengths.sum()
+        self._squares = self._squares + (lengths.double() ** 2).sum()
+
+    @property
+    def real(self) -> int:
+        return int(self._real)
+
+    @property
+    def squares(self) -> int:
+        return int(self._squares)
 
     @property
     def real_fraction(self) -> float | None:
@@ -63,7 +72,7 @@ def packed_lengths(position_ids):
 
     flat = position_ids.reshape(-1)
     starts = torch.nonzero(flat == 0).reshape(-1).tolist() + [flat.numel()]
-    return torch.tensor([b - a for a, b in zip(starts, starts[1:]) if b > a])
+    return torch.tensor([b - a for a, b in zip(starts, starts[1:]) if b > a], device=position_ids.device)
 
 
 def model_shape(model) -> dict:
