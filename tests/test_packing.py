@@ -153,6 +153,7 @@ def test_packed_run_trains_like_the_padded_one(tmp_path, tiny_chat_llama, sft_da
 @pytest.mark.parametrize("extra, expected", [
     (["data=csv", "data.train_file=x.csv", "+strategy=full"], "data.packing: applies to data.task=sft"),
     (["data=jsonl_sft", "data.train_file=x.jsonl", "+strategy=prompt_tuning"], "strategy=prompt_tuning"),
+    (["data=jsonl_sft", "data.train_file=x.jsonl", "train.neftune_alpha=5"], "train.neftune_alpha"),
 ])
 def test_refusals(tmp_path, tiny_chat_llama, extra, expected):
     for name in ("x.csv", "x.jsonl"):

@@ -16,6 +16,10 @@ def validate(cfg, task, strategy) -> None:
         require(causal(task), "train.neftune_alpha",
                 f"noises the embeddings of instruction tuning: data.task={tasks_that(causal)} (got {cfg.data.task})")
         require(strategy.trains, "train.neftune_alpha", f"strategy={cfg.strategy.name} trains nothing")
+        # transformers scales the noise by the row's length: a packed row is every chat of the batch
+        require(not cfg.data.get("packing", False), "train.neftune_alpha",
+                "scales its noise by alpha / sqrt(row length x width); a packed row holds the whole batch, so "
+                "the noise would be weaker than asked: set data.packing=false")
 
 
 def callbacks(cfg) -> list:
