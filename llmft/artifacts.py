@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from llmft.core.errors import UserError
-from llmft.models.loading import load_tokenizer
+from llmft.models.loading import check_weights, load_tokenizer, read_meta
 from llmft.models.layers import Wrapper
 from llmft.strategies import strategy_class
 
@@ -70,12 +71,14 @@ def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> Non
     heads) saves its encoder that way and its own parts beside it.
 
     Everything goes to a temp folder first, renamed to ``model_dir`` once whole (llmft.json
-    last): a model/ that exists is complete, and no file of an earlier model survives in it."""
-    import shutil
+    last, every file flushed to disk first): a model/ that exists is complete, and no file of an
+    earlier model survives in it. What model/ held before is deleted only when it is this config's
+    earlier save; anything else is moved to replaced/<time>/."""
+    from llmft.runtime.run_dir import fsync_dir, fsync_tree
 
     tmp = model_dir.with_name(f".{model_dir.name}.tmp")
     if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)  # a save killed half-way
+        remove_leftover(tmp)  # a save killed half-way
     _wait_for_all(trainer)
     wrapper = trainer.model if isinstance(trainer.model, Wrapper) else None  # CRF tagger, multi-task
     if wrapper is not None:
@@ -91,13 +94,49 @@ def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> Non
         tokenizer.save_pretrained(str(tmp))
         drop_trainer_pickles(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        fsync_tree(tmp)  # on disk before the rename says model/ is complete
         old = model_dir.with_name(f".{model_dir.name}.old")
-        if model_dir.exists():  # the same config's model (another config's was moved aside at start)
-            shutil.rmtree(old, ignore_errors=True)
-            model_dir.rename(old)
+        if os.path.lexists(model_dir):
+            if _saved_fingerprint(model_dir) == meta.get("fingerprint"):  # this config's earlier save
+                remove_leftover(old)
+                model_dir.rename(old)
+            else:  # anything else (set aside at start, so only if it appeared since) is kept
+                set_aside(model_dir)
         tmp.rename(model_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(model_dir.parent)
+        remove_leftover(old)
     _wait_for_all(trainer)
+
+
+def remove_leftover(path: Path) -> None:
+    """Delete a temp folder llmft left (a link planted there is removed, never followed)."""
+    import shutil
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _saved_fingerprint(model_dir: Path) -> str | None:
+    if model_dir.is_symlink():
+        return None
+    try:
+        return json.loads((model_dir / META_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def set_aside(path: Path) -> Path:
+    """Move ``path`` to replaced/<time>/ beside it (never deleted), with a warning."""
+    import logging
+    import time
+
+    target = path.parent / "replaced" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    target.mkdir(parents=True, exist_ok=True)
+    path.rename(target / path.name)
+    logging.getLogger(__name__).warning("%s was not written by this config's run: moved to %s", path, target)
+    return target
 
 
 def drop_trainer_pickles(folder: Path) -> None:
@@ -118,7 +157,7 @@ def read_metadata(model_dir: Path) -> dict:
         raise UserError(f"model_dir={model_dir}: no such folder")
     if not meta_path.is_file():
         raise UserError(f"model_dir={model_dir}: no {META_FILE}; point model_dir at a run's model/ folder")
-    return json.loads(meta_path.read_text())
+    return read_meta(model_dir, f"model_dir={model_dir}")
 
 
 def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None, trust_remote_code: bool = False):
@@ -126,6 +165,7 @@ def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None,
     ``device_map="auto"`` spreads the layers of a model too large for one device over all of them.
     ``trust_remote_code`` comes from the command line, never from the folder's llmft.json."""
     require_trust(meta, trust_remote_code, f"model_dir={model_dir}", model_dir)
+    check_weights(Path(model_dir), f"model_dir={model_dir}")  # an adapter's too (its base is checked on load)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
     if meta.get("format") == "int8":  # llmft export format=int8
         from llmft.models.precision import load_int8

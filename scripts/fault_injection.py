@@ -3,6 +3,7 @@
 that it ends with exactly the uninterrupted run's metrics and a complete folder.
 
     python scripts/fault_injection.py [--trials 20] [--mode single|zero2] [--out DIR] [--seed 0]
+                                      [--signal TERM|USR2|both [--moments start-up,evaluation]]
 
 Each trial draws a moment, starts `llmft train` (its own process group, as a SLURM job step),
 watches the run folder and sends SIGKILL to the whole group when the moment comes:
@@ -17,6 +18,16 @@ then runs the same command again, uninterrupted. A trial passes when results.jso
 validation metrics and predictions.jsonl equal the reference run's exactly and the folder is
 complete (results.json "completed", model/ present, no temp folder, every checkpoint marked).
 A moment the run passed before the watcher saw it is drawn again (at most 3 times).
+
+With --signal, each trial sends SIGTERM or SIGUSR2 (preemption, SLURM's time-limit warning; `both`
+draws one per trial) to llmft instead of SIGKILL, at the moments above or
+
+    start-up     a random time after the start, before the first logged training step (config,
+                 data and model loading)
+
+A signal trial passes when the run either completes by itself (exit 0) with the uninterrupted
+run's metrics, or exits 128+signal with its one "stopped by" line and the same command then
+completes with them; nothing is lost either way (the folder checks above).
 
 Uses a tiny BERT and tiny data built on the fly (--model/--train-file/... to use others);
 `--mode zero2` runs DeepSpeed ZeRO-2 on two CPU processes. Prints a markdown table and writes
@@ -37,6 +48,9 @@ from pathlib import Path
 
 MOMENTS = ("step", "checkpoint", "final-save", "evaluation", "early")
 WEIGHTS = (0.45, 0.2, 0.15, 0.12, 0.08)
+# signal trials: start-up and the final evaluation as often as training itself
+SIGNAL_MOMENTS = ("start-up", "step", "checkpoint", "final-save", "evaluation", "early")
+SIGNAL_WEIGHTS = (0.25, 0.25, 0.1, 0.12, 0.18, 0.1)
 WORDS = {"negative": "awful bad hate terrible worst angry", "neutral": "table monday report train paper window",
          "positive": "great love happy wonderful best nice"}
 FILLER = "the a today my was this it so and we".split()
@@ -108,14 +122,32 @@ def state(run_dir: Path) -> str:
     return "step" if checkpoints else "early"
 
 
+def trained(run_dir: Path) -> bool:
+    """A training step is logged (start-up is over)."""
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.is_file() and bool(metrics.read_text().strip())
+
+
 def kill_at(cmd: list[str], run_dir: Path, moment: str, rng: random.Random, checkpoint_steps: list[int],
             timeout: float = 900) -> str | None:
     """Run until ``moment`` and SIGKILL the process group; None when the run ended first.
     "checkpoint" aims at the save of a random checkpoint after the first (so it tests a resume)."""
-    proc = subprocess.Popen(cmd, env=environment(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, fire_at = time.time() + timeout, None
+    return interrupt_at(cmd, run_dir, moment, rng, checkpoint_steps, signal.SIGKILL, timeout)[0]
+
+
+def interrupt_at(cmd: list[str], run_dir: Path, moment: str, rng: random.Random, checkpoint_steps: list[int],
+                 signum: int, timeout: float = 900, start_up_s: float = 5.0) -> tuple[str | None, int, str]:
+    """kill_at with any signal: (the moment it landed in, or None; llmft's exit code; its stderr).
+    A signal other than SIGKILL goes to llmft alone (as SLURM's to a job step's task), which is
+    then left to stop by itself. "start-up" fires within ``start_up_s`` seconds of the start."""
+    log = run_dir.with_name(run_dir.name + ".stderr")
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, env=environment(), start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    deadline, fire_at, seen = time.time() + timeout, None, None
     aimed = run_dir / "checkpoints" / f"checkpoint-{rng.choice(checkpoint_steps[1:] or checkpoint_steps)}"
+    if moment == "start-up":
+        fire_at = time.time() + rng.uniform(0.5, start_up_s)
     try:
         while proc.poll() is None and time.time() < deadline:
             now = state(run_dir)
@@ -125,17 +157,30 @@ def kill_at(cmd: list[str], run_dir: Path, moment: str, rng: random.Random, chec
                 fire_at = time.time() + rng.uniform(0.0, 2.5)
             if moment == "early" and fire_at is None and (run_dir / "metrics.jsonl").is_file():
                 fire_at = time.time() + rng.uniform(0.0, 1.0)  # training started (or about to)
-            if (now == moment and moment not in ("step", "early")) or (fire_at and time.time() >= fire_at):
-                seen = state(run_dir)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return seen
+            if (now == moment and moment not in ("step", "early", "start-up")) or (fire_at and time.time() >= fire_at):
+                seen = "start-up" if moment == "start-up" and not trained(run_dir) else state(run_dir)
+                if signum == signal.SIGKILL:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    os.kill(proc.pid, signum)
+                proc.wait(timeout=timeout)
+                break
             time.sleep(0.002)
-        return None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return seen, proc.returncode, log.read_text()
+
+
+def trained(run_dir: Path) -> bool:
+    """A training step is logged (start-up is over)."""
+    metrics = run_dir / "metrics.jsonl"
+    return metrics.is_file() and bool(metrics.read_text().strip())
+
+
+def stop_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("llmft: stopped by")]
 
 
 def complete(run_dir: Path) -> list[str]:
@@ -204,6 +249,95 @@ def run_trials(trials: int, mode: str, out: Path, seed: int = 0, fixtures: dict 
     return rows
 
 
+def reference_run(fixtures: dict, out: Path, mode: str, steps: int, save_steps: int) -> float:
+    """The uninterrupted run (once per OUT); returns its start-up time: seconds from the start to
+    its first logged training step."""
+    reference, timing = out / "reference", out / "reference_start_up_s.json"
+    if not (reference / "results.json").is_file() or not timing.is_file():
+        shutil.rmtree(reference, ignore_errors=True)
+        started, first = time.time(), None
+        proc = subprocess.Popen(command(fixtures, reference, mode, steps, save_steps), env=environment(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None:
+            if first is None and trained(reference):
+                first = time.time() - started
+            time.sleep(0.01)
+        if proc.returncode:
+            raise SystemExit(f"the uninterrupted run failed (exit {proc.returncode}): {reference}")
+        timing.write_text(json.dumps(first or time.time() - started) + "\n")
+    return float(json.loads(timing.read_text()))
+
+
+def run_signal_trials(trials: int, mode: str, out: Path, kind: str = "both", seed: int = 0,
+                      fixtures: dict | None = None, steps: int = 400, save_steps: int = 40,
+                      moments: tuple[str, ...] = SIGNAL_MOMENTS) -> list[dict]:
+    """Trials that send SIGTERM / SIGUSR2 (``kind``: TERM, USR2 or both) instead of SIGKILL, at
+    moments drawn from ``moments``."""
+    weights = [w for m, w in zip(SIGNAL_MOMENTS, SIGNAL_WEIGHTS) if m in moments]
+    moments = [m for m in SIGNAL_MOMENTS if m in moments]
+    out.mkdir(parents=True, exist_ok=True)
+    fixtures = fixtures or build_fixtures(out / "fixtures")
+    start_up_s = reference_run(fixtures, out, mode, steps, save_steps)
+    reference = out / "reference"
+    rng = random.Random(seed)
+    rows = []
+    for trial in range(trials):
+        run_dir = out / f"signal-{trial}"
+        cmd = command(fixtures, run_dir, mode, steps, save_steps)
+        signum = getattr(signal, "SIG" + (rng.choice(("TERM", "USR2")) if kind == "both" else kind))
+        for _ in range(3):
+            moment = rng.choices(moments, weights)[0]
+            shutil.rmtree(run_dir, ignore_errors=True)
+            landed, code, stderr = interrupt_at(cmd, run_dir, moment, rng, list(range(save_steps, steps, save_steps)),
+                                                signum, start_up_s=start_up_s)
+            if landed is not None:
+                break
+        row = {"trial": trial, "aimed_at": moment, "moment": landed or "missed (ran to the end)",
+               "signal": signal.Signals(signum).name, "exit": code}
+        lines = stop_lines(stderr)
+        if landed == "start-up" and any(" at step " in line for line in lines):  # before the first logged step
+            row["moment"] = "early"  # but training had begun: its save says so
+        if code == 0:
+            row["outcome"] = "finished first, exit 0"
+        else:
+            one_line = code == 128 + signum and len(lines) == 1
+            row["outcome"] = (f"exit {code}, one line: {lines[0][len('llmft: '):].split(';')[0]}" if one_line
+                              else f"exit {code}, {len(lines)} stop lines: {stderr.strip().splitlines()[-1:]}")
+            rerun = subprocess.run(cmd, env=environment(), capture_output=True, text=True)
+            if rerun.returncode:
+                row.update(identical=False, detail=f"rerun exit {rerun.returncode}: {rerun.stderr.strip().splitlines()[-1:]}")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
+            results = json.loads((run_dir / "results.json").read_text())
+            row["rerun"] = ("re-evaluated model/" if results.get("reevaluated")
+                            else f"resumed from step {results['train']['resumed_from_step']}")
+            if not one_line:
+                row["detail"] = "no single stop line"
+        identical, why = compare(run_dir, reference)
+        problems = complete(run_dir)
+        ok = identical and not problems and "detail" not in row
+        row.update(identical=ok, detail="; ".join([row.get("detail", ""), why, *problems]).strip("; "))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (out / "signal_trials.json").write_text(json.dumps({"mode": mode, "steps": steps, "save_steps": save_steps,
+                                                        "start_up_s": start_up_s, "trials": rows}, indent=2) + "\n")
+    return rows
+
+
+def signal_table(rows: list[dict], mode: str) -> str:
+    lines = [f"| {mode} trial | signal during | signal | outcome | identical to uninterrupted |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        outcome = r["outcome"] + (f"; rerun {r['rerun']}" if r.get("rerun") else "")
+        lines.append(f"| {r['trial']} | {r['moment']} | {r['signal']} | {outcome} | "
+                     f"{'yes' if r['identical'] else 'NO: ' + str(r.get('detail'))} |")
+    finished = sum(r["exit"] == 0 for r in rows)
+    lines.append(f"\n{mode} signals: {sum(r['identical'] for r in rows)}/{len(rows)} identical; {finished} finished "
+                 f"by themselves, {len(rows) - finished} stopped and completed by the rerun")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], mode: str) -> str:
     lines = [f"| {mode} trial | killed during | rerun resumed from | identical to uninterrupted |",
              "|---|---|---|---|"]
@@ -225,10 +359,20 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--save-steps", type=int, default=40)
+    parser.add_argument("--signal", choices=("TERM", "USR2", "both"), default=None,
+                        help="send this signal (both: one drawn per trial) instead of SIGKILL")
+    parser.add_argument("--moments", default=",".join(SIGNAL_MOMENTS),
+                        help=f"signal trials: draw from these moments only (of {','.join(SIGNAL_MOMENTS)})")
     args = parser.parse_args()
-    rows = run_trials(args.trials, args.mode, args.out / args.mode, args.seed, steps=args.steps,
-                      save_steps=args.save_steps)
-    print(table(rows, args.mode))
+    if args.signal:
+        rows = run_signal_trials(args.trials, args.mode, args.out / args.mode, args.signal, args.seed,
+                                 steps=args.steps, save_steps=args.save_steps,
+                                 moments=tuple(m for m in args.moments.split(",") if m in SIGNAL_MOMENTS))
+        print(signal_table(rows, args.mode))
+    else:
+        rows = run_trials(args.trials, args.mode, args.out / args.mode, args.seed, steps=args.steps,
+                          save_steps=args.save_steps)
+        print(table(rows, args.mode))
     return 0 if all(r["identical"] for r in rows) else 1
 
 

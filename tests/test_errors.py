@@ -2,6 +2,8 @@
 and no run folder that looks finished."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import assert_user_error, make_rows, run_cli, tiny_train_args, write_csv
 
@@ -89,6 +91,11 @@ def test_eval_of_a_folder_that_is_not_a_model(tmp_path):
     assert_user_error(proc, "model_dir=", "llmft.json")
 
 
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def odd_files(tmp_path_factory):
     from conftest import write_conll
@@ -97,7 +104,8 @@ def odd_files(tmp_path_factory):
     rows = make_rows(12, seed=4)
     return {
         "one_class": write_csv(root / "one_class.csv", [{**r, "label": "neutral"} for r in rows]),
-        "numbers": write_csv(root / "numbers.csv", [{"text": str(i), "label": r["label"]} for i, r in enumerate(rows)]),
+        # a CSV cell is text ("42" is a text); JSON numbers are not
+        "numbers": _jsonl(root / "numbers.jsonl", [{"text": i, "label": r["label"]} for i, r in enumerate(rows)]),
         "blank": write_csv(root / "blank.csv", rows[:3] + [{"text": "   ", "label": "neutral"}] + rows[3:]),
         "all_o": write_conll(root / "all_o.conll", [(["a", "b"], ["O", "O"])] * 4),
         "not_a_model": root / "empty_folder",
@@ -125,7 +133,7 @@ def odd_files(tmp_path_factory):
         (["generate.num_beams=0"], ["generate.num_beams", ">= 1"]),
         (["+strategy=lora", "strategy.target_modules=[nope]"], ["strategy.target_modules", "query"]),
         (["data.train_file=ONE_CLASS"], ["one_class.csv", "at least 2 classes"]),
-        (["data.train_file=NUMBERS"], ["numbers.csv", "row 1", "not text"]),
+        (["data.train_file=NUMBERS"], ["numbers.jsonl", "row 1", "not text"]),
         (["data.train_file=BLANK"], ["blank.csv", "row 4", "empty"]),
     ],
 )

@@ -7,13 +7,13 @@ or group option fails in one line with exit code 2 and no run folder is created.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
 
 from llmft.cli.table import COMMANDS, config_dir, config_name
-from llmft.core.errors import EXIT_USER_ERROR, UserError
+from llmft.core.errors import EXIT_USER_ERROR, UserError, require
+from llmft.runtime.ownership import check_run_folder
 from llmft.runtime.run_lock import check_unlocked, is_lock_holder, run_lock
 
 # Hydra flags that take a value (the next argument is not an override).
@@ -32,6 +32,16 @@ def fail(err: UserError) -> None:
 
 
 def run(command: str, args: list[str]) -> int:
+    from llmft.runtime.preemption import PREEMPTION, Interrupted
+
+    PREEMPTION.install(command, COMMANDS[command].trains)  # first: SIGTERM/SIGUSR2 at any moment from here
+    try:
+        return _run(command, args)
+    except Interrupted as err:  # before or after Hydra's job (inside it, entry stops the same way)
+        PREEMPTION.stop(err)
+
+
+def _run(command: str, args: list[str]) -> int:
     from llmft.cli.validate import register_configs
 
     if "LOCAL_RANK" in os.environ:  # a rank: it dies with the llmft that spawned it
@@ -39,9 +49,14 @@ def run(command: str, args: list[str]) -> int:
 
         die_with_spawner()
     register_configs()
+    typed = overrides_of(args)  # what this command line says, as opposed to a config file
+    try:
+        check_typed_secrets(typed)
+    except UserError as err:
+        fail(err)
     if not any(a in _INFO_FLAGS for a in args):
         try:
-            preflight(command, overrides_of(args), sweep="-m" in args or "--multirun" in args)
+            preflight(command, typed, sweep="-m" in args or "--multirun" in args, config_dir_arg=config_dir_of(args))
         except UserError as err:
             fail(err)
 
@@ -51,27 +66,41 @@ def run(command: str, args: list[str]) -> int:
     def entry(cfg):
         from hydra.core.hydra_config import HydraConfig
 
+        from llmft.runtime.preemption import PREEMPTION, Interrupted
         from llmft.runtime.run_dir import Preempted
 
         hydra_cfg = HydraConfig.get()
         try:
+            PREEMPTION.begin(command, COMMANDS[command].trains)  # a SLURM launcher's job starts here, not in run()
+            check_trust(command, cfg, typed)  # again: a primary config of --config-name preflight did not compose
             cfg = prepare_config(command, cfg, list(hydra_cfg.overrides.task))
             from llmft.cli.validate import validate
 
             validate(cfg, command)
+            scrub_hydra_files(cfg, hydra_cfg)
             run_dir = hydra_cfg.runtime.output_dir
-            with run_lock(run_dir):  # one llmft writes a run folder at a time
+            with run_lock(run_dir, cfg.hardware.lock):  # one llmft writes a run folder at a time
+                if is_lock_holder(run_dir):  # again under the lock: a sweep's folders, or a change since
+                    from llmft.runtime.ownership import check_run_folder, mark_run_folder
+
+                    check_run_folder(run_dir, command, hydra_files=(f"{hydra_cfg.job.name}.log",))
+                    mark_run_folder(run_dir, command)
                 if COMMANDS[command].trains:
                     from llmft.cli.launch import train
 
-                    return train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
-                                 str(hydra_cfg.mode) == "RunMode.MULTIRUN")
-                return importlib.import_module(f"llmft.commands.{COMMANDS[command].module}").main(cfg, run_dir)
+                    value = train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
+                                  str(hydra_cfg.mode) == "RunMode.MULTIRUN")
+                else:
+                    value = importlib.import_module(f"llmft.commands.{COMMANDS[command].module}").main(cfg, run_dir)
+            PREEMPTION.completed()  # a signal held while the run finished: said, never requeued
+            return value
         except UserError as err:
             fail(err)
         except Preempted as err:  # a checkpoint is saved: the rerun (or the requeued job) resumes
             print(f"llmft: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except Interrupted as err:  # outside the training loop: one line, requeue (SLURM USR2), exit
+            PREEMPTION.stop(err)
 
     if "LOCAL_RANK" in os.environ and int(os.environ.get("RANK", "0")) > 0:
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # rank 0 writes the folder
@@ -103,24 +132,36 @@ def overrides_of(args: list[str]) -> list[str]:
     return overrides
 
 
-def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
+def preflight(command: str, overrides: list[str], sweep: bool = False, config_dir_arg: str | None = None) -> None:
     """Compose and validate every sweep value once; raise UserError on the first problem (a run
-    folder in use by another llmft included, before Hydra writes into it)."""
+    folder in use by another llmft included, before Hydra writes into it). ``config_dir_arg``:
+    --config-dir's folder, searched as Hydra searches it."""
     from hydra import compose, initialize_config_dir
 
     from llmft.cli.validate import validate
 
     from omegaconf import open_dict
 
-    for combo in _combinations(overrides):
+    for index, combo in enumerate(_combinations(overrides)):
         with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
             try:
-                cfg = compose(config_name(command), overrides=combo, return_hydra_config=True)
+                cfg = compose(config_name(command), overrides=[*combo, *_search_path(config_dir_arg, combo)],
+                              return_hydra_config=True)
+                # a config may make the run a sweep itself (hparams_search=optuna sets hydra.mode)
+                sweep = sweep or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+                if index == 0 and not sweep:
+                    check_no_sweep(overrides)
+                check_trust(command, cfg, overrides)
                 launcher = cfg.hydra.launcher
                 check_launcher(launcher)
                 check_search(cfg)
+                check_creatable(cfg.hydra.sweep.dir if sweep else cfg.hydra.run.dir,
+                                "hydra.sweep.dir" if sweep else "hydra.run.dir")
+                if not sweep:
+                    check_inputs_outside(command, cfg, cfg.hydra.run.dir)
                 if not sweep and is_lock_holder(cfg.hydra.run.dir):
-                    check_unlocked(cfg.hydra.run.dir)
+                    check_unlocked(cfg.hydra.run.dir, cfg.hardware.lock)
+                    check_run_folder(cfg.hydra.run.dir, command)  # only new, empty or its own kind of llmft folder
             except UserError:
                 raise
             except Exception as err:  # Hydra's and OmegaConf's composition errors
@@ -128,6 +169,123 @@ def preflight(command: str, overrides: list[str], sweep: bool = False) -> None:
         with open_dict(cfg):
             del cfg["hydra"]
         validate(prepare_config(command, cfg, combo), command)
+
+
+def check_creatable(folder: str, key: str) -> None:
+    """The run folder exists as a folder, or can be made: its nearest existing parent is a folder
+    this user may write in (else Hydra fails with a traceback when it makes it)."""
+    path, key = Path(folder).expanduser().absolute(), f"{key}={folder}"
+    if path.exists():
+        require(path.is_dir(), key, "is a file; name a new folder for the run")
+        require(os.access(path, os.W_OK | os.X_OK), key, "no permission to write in it; name another folder")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    require(parent.is_dir(), key, f"cannot be made: {parent} is a file; name a folder elsewhere")
+    require(os.access(parent, os.W_OK | os.X_OK), key,
+            f"cannot be made: no permission to write in {parent}; name a folder elsewhere")
+
+
+def check_inputs_outside(command: str, cfg, run_dir: str) -> None:
+    """A training run rearranges its folder (an earlier config's model/ and checkpoints are moved
+    aside), so the model it starts from (or its teacher) may not live there."""
+    if not COMMANDS[command].trains or "model" not in cfg:
+        return
+    from omegaconf import OmegaConf
+
+    run = Path(run_dir).expanduser().resolve()
+    for key in ("model.name_or_path", "train.distill.teacher"):
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # an interpolation that does not resolve: validate() names it
+            continue
+        if not value or not Path(str(value)).expanduser().exists():
+            continue
+        source = Path(str(value)).expanduser().resolve()
+        inside = source == run or run in source.parents
+        require(not inside or (run / "replaced") in (source, *source.parents), key,
+                f"{value} is inside the run folder {run_dir}, which this run rearranges (an earlier run's model/ "
+                f"and checkpoints are moved aside); copy it out of there, or use another hydra.run.dir")
+
+
+def check_no_sweep(overrides: list[str]) -> None:
+    """A list of values (``key=a,b``, ``choice(...)``, ``range(...)``) without -m: Hydra refuses it
+    in several lines; say which override and both ways out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise UserError(explain(err)) from None
+    for override, text in zip(parsed, overrides):
+        if override.is_sweep_override():
+            key = text.split("=", 1)[0]
+            raise UserError(f"{text}: several values make a sweep: add -m to run one job per value, or give one "
+                            f"value (a list value is written in brackets: {key}=[a,b])")
+
+
+def config_dir_of(args: list[str]) -> str | None:
+    """The folder of ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR``, if given."""
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config-dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _search_path(folder: str | None, combo: list[str]) -> list[str]:
+    """--config-dir as an override for the compose API (which has no such flag), so its presets
+    compose here as they will in the run."""
+    if folder is None or any(o.lstrip("+").startswith("hydra.searchpath=") for o in combo):
+        return []
+    if not Path(folder).is_dir():
+        raise UserError(f"--config-dir {folder}: no such folder")
+    return [f"hydra.searchpath=[file://{Path(folder).resolve()}]"]
+
+
+def trust_key(command: str) -> str:
+    return "trust_remote_code" if COMMANDS[command].loads_saved else "model.trust_remote_code"
+
+
+def check_trust(command: str, cfg, typed: list[str]) -> None:
+    """trust_remote_code runs the model's own code: it counts only when typed on the command line,
+    never from a config file (an experiment preset, a model yaml, a shared --config-dir), where
+    nobody running the command may have read it."""
+    from omegaconf import OmegaConf
+
+    key = trust_key(command)
+    if OmegaConf.select(cfg, key, default=False) is not True:
+        return
+    if any(not o.startswith("~") and o.lstrip("+").split("=", 1)[0] == key for o in typed):
+        return
+    raise UserError(f"{key}: set to true by a config file, not on the command line; a model's own code runs "
+                    f"only when asked there: type {key}=true (read the model's code first)")
+
+
+def check_typed_secrets(typed: list[str]) -> None:
+    """A token typed as a value is recorded in the run folder's .hydra/ files, by the tracker and in
+    Hydra's error messages: refused, pointing at ${oc.env:...} (see core/redact.py)."""
+    from llmft.core.redact import typed_secret
+
+    for override in typed:
+        key, sep, value = override.partition("=")
+        found = typed_secret(key.lstrip("+~"), value) if sep else None
+        if found:
+            kind, variable = found
+            raise UserError(f"{key.lstrip('+~')}: the value typed looks like {kind}; a value on the command line "
+                            f"is recorded in the run folder's .hydra/ files, by the tracker and in error "
+                            f"messages: export it and write {key.lstrip('+~')}='${{oc.env:{variable}}}'")
+
+
+def scrub_hydra_files(cfg, hydra_cfg) -> None:
+    """The secrets of this config (values read from the environment, the tokens the libraries
+    read) out of what Hydra saved in .hydra/ before the command started."""
+    from llmft.core.redact import scrub_files, secret_values
+
+    if hydra_cfg.output_subdir is not None:
+        scrub_files(Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir), secret_values(cfg))
 
 
 def check_launcher(launcher) -> None:
@@ -152,6 +310,10 @@ def check_launcher(launcher) -> None:
 
 def prepare_config(command: str, cfg, overrides: list[str]):
     """Command-specific completion of the composed config (eval: the run's own data config)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "model_dir") or OmegaConf.is_missing(cfg, "inputs"):
+        return cfg  # not given: validate() says which key to add, in one line
     if command in ("eval", "predict", "export", "bench-infer"):
         return use_run_data(cfg, overrides, cfg.model_dir)
     if command == "merge-adapters":  # the data of the input whose head the result keeps (its check)
@@ -229,11 +391,17 @@ def use_run_data(cfg, overrides: list[str], model_dir: str):
     run_config = Path(model_dir) / ".." / "config.yaml"
     meta_file = Path(model_dir) / "llmft.json"
     if not run_config.is_file() and meta_file.is_file():  # an export elsewhere: its source's run
-        source = json.loads(meta_file.read_text()).get("source")
+        from llmft.models.loading import read_meta
+
+        source = read_meta(Path(model_dir), f"model_dir={model_dir}").get("source")
         run_config = Path(source) / ".." / "config.yaml" if source else run_config
     if any(o.lstrip("+~").startswith("data=") for o in overrides) or not run_config.is_file():
         return cfg
-    trained = OmegaConf.load(run_config)
+    try:
+        trained = OmegaConf.load(run_config)
+    except Exception as err:  # a cut-off or hand-edited config.yaml
+        raise UserError(f"model_dir={model_dir}: {run_config.resolve()} does not read ({explain(err)}); "
+                        f"give the data config on the command line (data=NAME data.KEY=VALUE)") from None
     if "data" not in trained:
         return cfg
     keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("data.")]

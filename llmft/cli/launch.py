@@ -11,7 +11,8 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
     spawning this node's ranks. Returns the primary metric (what an Optuna sweep maximizes).
 
     In a sweep, a point whose folder already holds a completed run of the same config (the same
-    fingerprint) is not run again; one of other values is run (the old one is moved aside)."""
+    fingerprint: values and what the input files hold) is not run again; one of other values or
+    inputs is run (the old one is moved aside)."""
     from llmft.runtime import distributed
     from llmft.runtime.run_dir import fingerprint, read_results
 
@@ -20,7 +21,7 @@ def train(command: str, cfg, run_dir: str, overrides: list[str], sweep: bool) ->
         if done.get("fingerprint") == fingerprint(cfg)["fingerprint"]:
             print(f"llmft: {run_dir} is complete; skipped (train.resume=never reruns it)", file=sys.stderr)
             return primary(done)
-        print(f"llmft: {run_dir} holds a completed run of other values; running this point "
+        print(f"llmft: {run_dir} holds a completed run of other values or input files; running this point "
               f"(the old run moves to {run_dir}/replaced)", file=sys.stderr)
     if distributed.needs_ranks(cfg.hardware) and not distributed.is_launched():
         if distributed.slurm_mode(cfg.hardware) == "join":

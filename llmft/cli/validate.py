@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 
 from llmft.core.config import (BenchInferRunConfig, DataConfig, EvalRunConfig, ExportRunConfig, HardwareConfig,
                                LoggerConfig, MergeAdaptersRunConfig, ModelConfig, PredictRunConfig, TrainRunConfig,
-                               check_choices)
-from llmft.core.errors import UserError
+                               check_choices, check_values)
+from llmft.core.errors import UserError, require
 from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
-from llmft.models.loading import validate_model
+from llmft.models.loading import check_saved_model, validate_model
 from llmft.runtime.distributed import validate_hardware
 from llmft.runtime.trainer import validate_train
 from llmft.strategies import strategy_class, strategy_configs
@@ -46,10 +46,12 @@ def register_configs() -> None:
 
 def validate(cfg, command: str = "train") -> None:
     """Raise UserError naming the first wrong key and the fix."""
+    check_values(cfg)  # first: reading a value resolves it (an unset ${oc.env:VAR} is named there)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{missing[0]} is required: add {missing[0]}=VALUE to the command line")
     check_choices(cfg)
+    require(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32) (numpy's seed range; got {cfg.seed})")
     if "train" in cfg:
         validate_train(cfg.train)
     task = TASKS.get(cfg.data.task)
@@ -65,10 +67,28 @@ def validate(cfg, command: str = "train") -> None:
         validate_model(cfg)
     if "generate" in cfg:
         validate_generate(cfg.generate)
+    check_saved_models(cfg)
     check_command(cfg, command)
     task.validate_config(cfg)
     if strategy is not None:
         strategy.validate_config(cfg)
+
+
+def check_saved_models(cfg) -> None:
+    """Every saved model folder the command reads (llmft.json readable, weights whole), before
+    anything loads."""
+    folders = []
+    if "model_dir" in cfg:
+        folders.append(("model_dir", cfg.model_dir))
+    for section in ("inputs", "students"):
+        if section in cfg:
+            folders += [(f"{section}[{i}]={p}", p) for i, p in enumerate(cfg[section])]
+    if "train" in cfg and cfg.train.distill.teacher:
+        from llmft.techniques.distillation import teacher_dir
+
+        folders.append(("train.distill.teacher", str(teacher_dir(cfg.train.distill.teacher))))
+    for key, folder in folders:
+        check_saved_model(folder, key if "=" in key else f"{key}={folder}")
 
 
 def check_command(cfg, command: str) -> None:

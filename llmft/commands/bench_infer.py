@@ -72,8 +72,10 @@ def main(cfg, run_path: str | Path) -> dict:
         row["metric_delta"] = round(row[task.primary_metric] - base[task.primary_metric], 4)
     table = render(rows, task.primary_metric, task.loop_metric_names)
     console.print(table)
+    from llmft.runtime.ownership import atomic_write
+
     run = Path(run_path)
-    (run / "inference_report.md").write_text(
+    atomic_write(run / "inference_report.md",
         f"# Inference variants of {model_dir}\n\n{len(features)} eval examples; latency at batch 1 over "
         f"{cfg.latency_examples} examples, throughput at batch {cfg.batch_size}; "
         f"{torch.get_num_threads()} CPU threads.\n\n{table}\n")
@@ -81,7 +83,7 @@ def main(cfg, run_path: str | Path) -> dict:
                "eval_examples": len(features), "variants": rows}
     from llmft.runtime.run_dir import dumps
 
-    (run / "results.json").write_text(dumps(results, indent=2) + "\n")
+    atomic_write(run / "results.json", dumps(results, indent=2) + "\n")
     return results
 
 

@@ -86,7 +86,9 @@ def main(cfg, run_path: str | Path) -> dict:
               "check": record["check"]}
     from llmft.runtime.run_dir import dumps
 
-    (Path(run_path) / "export.json").write_text(dumps(result, indent=2) + "\n")
+    from llmft.runtime.ownership import atomic_write
+
+    atomic_write(Path(run_path) / "export.json", dumps(result, indent=2) + "\n")
     return result
 
 
@@ -114,8 +116,13 @@ def output_folder(output_dir: str | None, model_dir: Path, fmt: str, run_path) -
 
 def check_replaceable(out: Path, key: str) -> None:
     """``out`` is absent, empty or a previous llmft export (its marker): else refused, untouched."""
+    from llmft.runtime.ownership import model_folder_of
+
     if out.is_file():
         raise UserError(f"{key}: is a file, not a folder; name a new folder")
+    model = model_folder_of(out.parent)
+    if model is not None:
+        raise UserError(f"{key}: is inside the model folder {model}; name a folder outside it")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not _older_export(out):
         raise UserError(f"{key}: holds files llmft export did not write (no {MARKER} in it) and an export "
                         f"replaces its folder; name a new or empty folder")
@@ -126,8 +133,8 @@ def staging(out: Path):
     """A temp folder beside ``out`` (same file system: the final rename is atomic), deleted on
     the way out unless ``publish`` moved it into place; a failure leaves ``out`` as it was."""
     recover_leftovers(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{_owner()}")
+    tmp.unlink() if tmp.is_symlink() else shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -136,19 +143,58 @@ def staging(out: Path):
 
 
 def recover_leftovers(out: Path) -> None:
-    """What an export killed half-way left beside ``out`` (its pid is gone): its temp folder is
-    deleted; a previous export it had moved aside (``.old-<pid>``) comes back if nothing took its
-    place, else it is deleted (the newer export is complete)."""
+    """What an export killed half-way left beside ``out``: its temp folder is deleted; a previous
+    export it had moved aside (``.old-...``) comes back if nothing took its place, else it is
+    deleted (the newer export is complete). The names carry the host and pid of the export that
+    made them: one of this host counts as abandoned once its pid is gone; one of another host
+    (a shared file system) only once nothing in it changed for LEFTOVER_AGE_S, so a live export
+    elsewhere is never touched."""
     if not out.parent.is_dir():
         return
     for path in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = path.name[len(out.name) + 2:].rpartition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+        kind, _, owner = path.name[len(out.name) + 2:].partition("-")
+        host, _, pid = owner.rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or not _abandoned(path, host, int(pid)):
             continue
-        if kind == "old" and not out.exists():
+        if path.is_symlink():
+            path.unlink()
+        elif kind == "old" and not out.exists():
             path.rename(out)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+LEFTOVER_AGE_S = 24 * 3600  # another host's temp folder untouched this long: its export is gone
+
+
+def _owner() -> str:
+    """'<host>-<pid>': who owns a temp folder (the host name with no path separators in it)."""
+    import socket
+
+    return f"{socket.gethostname().replace(os.sep, '_')}-{os.getpid()}"
+
+
+def _abandoned(path: Path, host: str, pid: int) -> bool:
+    """Left by an export that no longer runs: on this host (or an earlier llmft's name without a
+    host), its pid is gone; on another host, nothing in it changed for LEFTOVER_AGE_S."""
+    import socket
+    import time
+
+    if not host or host == socket.gethostname().replace(os.sep, "_"):
+        return not _alive(pid)
+    newest = 0.0
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, f) for f in files)]:
+            try:
+                newest = max(newest, os.lstat(name).st_mtime)
+            except OSError:
+                pass
+    if not newest:
+        try:
+            newest = os.lstat(path).st_mtime
+        except OSError:
+            return False
+    return time.time() - newest > LEFTOVER_AGE_S
 
 
 def _alive(pid: int) -> bool:
@@ -165,7 +211,7 @@ def publish(tmp: Path, out: Path) -> None:
     """Swap the checked export in: the previous export moves aside, the new one takes its name,
     then the old one is deleted (a failed rename puts it back)."""
     check_replaceable(out, f"export.output_dir={out}")  # it may have changed while the export ran
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{_owner()}")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)

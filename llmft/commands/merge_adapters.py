@@ -107,7 +107,9 @@ def main(cfg, run_path: str | Path) -> dict:
              "inputs": per_input}
     result = {"status": "completed", "inputs": [str(p) for p in inputs], "weights": weights, "method": cfg.method,
               "density": meta["density"], "head_from": head, "output_dir": str(out), "check": check}
-    (Path(run_path) / "merge.json").write_text(dumps(result, indent=2) + "\n")
+    from llmft.runtime.ownership import atomic_write
+
+    atomic_write(Path(run_path) / "merge.json", dumps(result, indent=2) + "\n")
     console.print(f"merged {len(inputs)} adapters ({cfg.method}, weights {weights}; reload check max |dlogit| "
                   f"{diff:.1e}): {out}", soft_wrap=True, highlight=False)
     return result
@@ -247,13 +249,16 @@ def check_inputs(cfg) -> tuple[list[dict], list[dict]]:
         path, key = Path(raw), f"inputs[{i}]={raw}"
         require(path.is_dir(), key, "no such folder; give a run's model/ folder")
         require((path / "llmft.json").is_file(), key, "no llmft.json; give a run's model/ folder")
-        meta = json.loads((path / "llmft.json").read_text())
+        same = [j for j in range(i) if Path(cfg.inputs[j]).resolve() == path.resolve()]
+        require(not same, key, f"the same folder as inputs[{same[0] if same else 0}]; give each adapter once "
+                               f"(weights=[...] sets how much each one counts)")
+        meta = _read_json(path / "llmft.json", key)
         strategy = meta.get("strategy", "full")
         lora = [s for s in strategies_that("mergeable") if s not in ("ia3", "dora")]
         require((path / "adapter_config.json").is_file(), key,
                 f"a '{strategy}' model, not an adapter; merge-adapters combines LoRA adapters "
                 f"(+strategy={'|'.join(lora)})")
-        config = json.loads((path / "adapter_config.json").read_text())
+        config = _read_json(path / "adapter_config.json", key)
         peft_type = config.get("peft_type")
         mergeable = strategy in strategy_names() and strategy_class(strategy).mergeable
         require(mergeable and peft_type == "LORA", key,
@@ -280,6 +285,15 @@ def check_inputs(cfg) -> tuple[list[dict], list[dict]]:
     return metas, configs
 
 
+def _read_json(file: Path, key: str) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{key}: {file} does not read as JSON ({err}); copy the folder again, or retrain") from None
+    require(isinstance(data, dict), key, f"{file} is not a JSON object; copy the folder again, or retrain")
+    return data
+
+
 def _rank(config: dict) -> int:
     pattern = config.get("rank_pattern") or {}
     return max([config.get("r", 8), *pattern.values()])
@@ -296,6 +310,8 @@ def validate(cfg) -> None:
     require(n >= 2, "inputs", f"needs at least 2 adapter folders, e.g. inputs=[RUN_A/model,RUN_B/model] (got {n})")
     require(cfg.weights is None or len(cfg.weights) == n, "weights",
             f"needs one weight per input: {n} inputs, {0 if cfg.weights is None else len(cfg.weights)} weights")
+    require(cfg.weights is None or any(w != 0 for w in cfg.weights), "weights",
+            f"are all 0 (got {cfg.weights}): the merged adapter would change nothing")
     require(0 < cfg.density <= 1, "density", f"must be in (0, 1] (got {cfg.density})")
     require(0 <= cfg.head_from < n, "head_from", f"must name an input: 0 to {n - 1} (got {cfg.head_from})")
     require(cfg.check_examples >= 1, "check_examples", "must be >= 1 (the result is checked on them)")

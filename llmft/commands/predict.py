@@ -1,5 +1,6 @@
 """``llmft predict model_dir=RUN/model predict.input_file=X.jsonl``: batched inference on
-unlabelled inputs (csv or json lines with the data config's text column(s)).
+unlabelled inputs (csv or json lines with the data config's text column(s); the file's format from
+its extension or predict.format, its encoding predict.encoding).
 
     model_dir/llmft.json -> task -> read + check the input file -> model or adapter
         -> trainer.predict (batched, progress bar) -> predictions JSONL (+ throughput in the log)
@@ -18,7 +19,6 @@ log = logging.getLogger(__name__)
 
 
 def main(cfg, run_path: str | Path) -> dict:
-    from llmft.data.files import check_columns, read_file
     from llmft.runtime.display import console
     from llmft.artifacts import load_saved, read_metadata
     from llmft.core.paths import resolve_path
@@ -32,8 +32,7 @@ def main(cfg, run_path: str | Path) -> dict:
     meta = read_metadata(model_dir)
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     path = resolve_path(cfg.predict.input_file, key="predict.input_file")
-    inputs = read_file(path, cfg.data, "predict.input_file", task.file_layouts)
-    check_columns(inputs, str(path), task.input_columns(), cfg.data)
+    inputs = read_inputs(cfg, task)
 
     onnx = cfg.predict.backend == "onnxruntime"
     if str(meta.get("format", "")).startswith("onnx") != onnx:
@@ -64,9 +63,10 @@ def main(cfg, run_path: str | Path) -> dict:
 
     out = Path(cfg.predict.output_file) if cfg.predict.output_file else run.path / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    from llmft.runtime.ownership import atomic_write
     from llmft.runtime.run_dir import dumps
 
-    out.write_text("".join(dumps(r) + "\n" for r in records))
+    atomic_write(out, "".join(dumps(r) + "\n" for r in records))
     summary = {"status": "completed", "input_file": str(path), "output_file": str(out), "examples": len(records),
                "precision": cfg.predict.precision, "compile": cfg.predict.compile, "backend": cfg.predict.backend,
                "seconds": round(seconds, 3), "examples_per_s": round(len(records) / seconds, 1) if seconds else None}
@@ -77,6 +77,21 @@ def main(cfg, run_path: str | Path) -> dict:
     return summary
 
 
+def read_inputs(cfg, task):
+    """predict.input_file as a Dataset the task can read. Its format comes from its extension (or
+    predict.format) and its encoding from predict.encoding, never from the training data's config:
+    a run trained on a latin-1 CSV still predicts on UTF-8 JSON lines."""
+    from llmft.core.paths import resolve_path
+    from llmft.data.files import check_columns, read_file
+
+    path = resolve_path(cfg.predict.input_file, key="predict.input_file")
+    inputs = read_file(path, cfg.data, "predict.input_file", task.file_layouts, options=cfg.predict,
+                       options_key="predict")
+    check_columns(inputs, str(path), task.input_columns(), cfg.data)
+    task.check_inputs(inputs, str(path))
+    return inputs
+
+
 def validate(cfg) -> None:
     """llmft predict's own knobs (torch-free)."""
     from llmft.core.errors import require
@@ -85,8 +100,18 @@ def validate(cfg) -> None:
     require(cfg.predict.batch_size >= 1, "predict.batch_size", f"must be >= 1 (got {cfg.predict.batch_size})")
     require(resolve_path(cfg.predict.input_file, "predict.input_file").is_file(), "predict.input_file",
             f"file not found: {cfg.predict.input_file}")
-    out = cfg.predict.output_file
-    require(not out or not Path(out).is_dir(), "predict.output_file", f"{out} is a folder; name a file in it")
+    from llmft.data.files import check_encoding, file_format
+
+    require(file_format(cfg.predict.input_file, cfg.predict.format) is not None, "predict.format",
+            f"cannot tell the format of {Path(cfg.predict.input_file).name} from its extension; "
+            f"set predict.format=csv or json")
+    check_encoding(cfg.predict.encoding, "predict.encoding")
+    if cfg.predict.output_file:  # never over an input, into a model folder or over a file llmft did not write
+        from llmft.runtime.ownership import check_output_file
+
+        check_output_file(cfg.predict.output_file, f"predict.output_file={cfg.predict.output_file}",
+                          {"predict.input_file": resolve_path(cfg.predict.input_file, "predict.input_file"),
+                           "model_dir": cfg.model_dir})
     from llmft.models.onnx import ONNX_FILE, require_onnxruntime
 
     if cfg.predict.backend == "torch":

@@ -28,18 +28,51 @@ def find_runs(root: Path) -> list[Path]:
 def read_run(run: Path) -> dict:
     overrides = []
     if (run / ".hydra" / "overrides.yaml").is_file():
-        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else None
-    failure = None
+        try:
+            overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+        except (OSError, yaml.YAMLError):
+            overrides = []  # a cut-off file: the run is still listed, without its overrides
+        overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    results, failure = _read_results(run / "results.json")
     if results is not None and results.get("status") != "completed":  # e.g. diverged: {"status": "failed", "reason"}
         failure, results = results.get("reason"), None
     strategy = results.get("strategy") if results else None
-    if strategy is None and (run / ".hydra" / "config.yaml").is_file():
-        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
+    config = {}
+    if (run / ".hydra" / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+    if strategy is None:
         strategy = (config.get("strategy") or {}).get("name")
     pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
     return {"path": run, "overrides": {key: _canonical(value) for key, value in pairs},
-            "results": results, "strategy": strategy, "failure": failure}
+            "results": results, "strategy": strategy, "failure": failure, "command": _command(config, results)}
+
+
+def _read_results(path: Path) -> tuple[dict | None, str | None]:
+    """A run's results.json; a cut-off or hand-edited one makes the run failed, with the reason."""
+    if not path.is_file():
+        return None, None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, "results.json does not read (cut off?); rerun the same command to redo it"
+    if not isinstance(results, dict):
+        return None, "results.json is not a JSON object; rerun the same command to redo it"
+    return results, None
+
+
+def _command(config: dict, results: dict | None) -> str:
+    """Which command made the run: train (and distill), eval, or another (predict, export, ...),
+    from its config's sections, else from what its results hold."""
+    if "train" in config or (results and "params" in results):
+        return "train"
+    if ("model_dir" in config and "predict" not in config and "format" not in config and "variants" not in config) \
+            or (results and "eval" in results and "model_dir" in results):
+        return "eval"
+    return "other" if config or results else "train"
 
 
 def _canonical(value: str) -> str:
@@ -58,15 +91,17 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
     table = []
     for r in runs:
         res = r["results"] or {}
-        train, params = res.get("train") or {}, res.get("params", {})
+        train, params = res.get("train") or {}, res.get("params") or {}
         metric = res.get("primary_metric", "")
-        value = res.get("eval", {}).get(metric)  # the held-out test split
+        value = (res.get("eval") or {}).get(metric)  # the held-out test split
         selected_on = (res.get("validation") or {}).get(metric)
         memory = res.get("memory", {})
         peak = memory.get("peak_gpu_mb", memory.get("peak_rss_mb"))
         retention = res.get("retention") or {}  # the forgetting report: weight drift, CKA
+        name = str(r["path"].relative_to(root)) or "."
         table.append([
-            str(r["path"].relative_to(root)) or ".", str(r["strategy"] or "?"),
+            f"{name} (eval of {res.get('model_dir', 'a saved model')})" if r.get("command") == "eval" else name,
+            str(r["strategy"] or "?"),
             *[r["overrides"].get(k, "") for k in swept],
             metric, _num(selected_on, ".4f"), _num(value, ".4f"), _num(baseline_value(res), ".4f"),
             _num(params.get("trainable"), ",d"), _num(params.get("trainable_pct"), ".3f"),
@@ -101,12 +136,15 @@ def write_plot(path: Path, runs: list[dict], header: list[str], table: list[list
 
     fig, ax = plt.subplots(figsize=(8, 5))
     swept = header[2:header.index("metric")]
-    metric = next((r["results"]["primary_metric"] for r in runs if r["results"]), "metric")
+    metric = next((r["results"].get("primary_metric") for r in runs if r["results"]), None) or "metric"
     baselines = set()
     for r, row in zip(runs, table):
         if not r["results"]:
             continue
-        x, y = r["results"]["params"]["trainable"], r["results"]["eval"][metric]
+        x = (r["results"].get("params") or {}).get("trainable")
+        y = (r["results"].get("eval") or {}).get(metric)
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            continue  # an eval run (no parameter count), or a run of another task's metric
         label = " ".join([row[1], *[f"{k}={v}" for k, v in zip(swept, row[2:2 + len(swept)]) if v]])
         if r["results"].get("warnings"):  # learned nothing useful: a red cross and a "!"
             ax.scatter(x, y, marker="x", color="red")
@@ -138,13 +176,37 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     root = args.dir.resolve()
     runs = [read_run(r) for r in find_runs(root)] if root.is_dir() else []
+    others = [r for r in runs if r["command"] == "other"]
+    runs = [r for r in runs if r["command"] != "other"]
+    if others:  # predict, export, bench-infer, merge-adapters: no trained model's metrics to compare
+        import sys
+
+        print(f"llmft: skipped {len(others)} runs of other commands (predict, export, ...): "
+              f"{', '.join(str(r['path'].relative_to(root)) for r in others[:5])}", file=sys.stderr)
     if not runs:
         import sys
 
         print(f"llmft: error: no runs under {args.dir} (a run folder has .hydra/ or results.json)", file=sys.stderr)
         return 2
     out = (args.out or root).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    from llmft.core.errors import UserError
+    from llmft.runtime.ownership import check_report_out
+
+    try:  # report.md and report.png replace only llmft report's own
+        check_report_out(out)
+    except UserError as err:
+        import sys
+
+        print(f"llmft: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on its path, no permission
+        import sys
+
+        print(f"llmft: error: llmft report --out {out}: cannot create the folder ({err.strerror or err})",
+              file=sys.stderr)
+        return 2
     header, table = rows(runs, root)
     write_markdown(out / "report.md", header, table)
     write_plot(out / "report.png", runs, header, table)

@@ -23,6 +23,7 @@ from llmft.models.loading import count_parameters, load_backbone, load_backbone_
 from llmft.runtime.display import print_config, print_results
 from llmft.runtime.distributed import deepspeed_config, is_rank_zero, memory_figures, world_size
 from llmft.runtime import throughput
+from llmft.runtime.preemption import PREEMPTION
 from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerprint
 from llmft.runtime.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
 from llmft.strategies import build_strategy, strategy_class
@@ -75,6 +76,7 @@ def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: 
                                                         resume_from, ident, [*callbacks])
         else:
             trainer, record, splits, sets = reload_finished(cfg, run, task, strategy, splits, finished)
+        PREEMPTION.finishing("the final evaluation")  # SIGTERM/USR2 from here on: finish, then stop
         results, records = evaluate_run(cfg, run, ident, task, strategy, trainer, splits, sets, record,
                                         reevaluated=finished is not None, started=started)
         extra = dict(report or {})  # a staged run's stages; their warnings join the run's own

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from llmft.core.errors import require_one_of
+from llmft.core.errors import UserError, require_one_of
 
 
 def choice(default, *others):
@@ -175,6 +178,9 @@ class HardwareConfig:
     # a collective (all-reduce, barrier) that waits longer than this fails the rank, so one dead
     # rank ends the job instead of leaving the others hanging (torch's default: 1800)
     collective_timeout_s: int = 600
+    # flock the run folder (one llmft writes it at a time); false: for file systems without locks
+    # (some NFS/Lustre mounts), with a warning
+    lock: bool = True
 
 
 @dataclass
@@ -296,6 +302,9 @@ class EvalRunConfig:
 @dataclass
 class PredictConfig:
     input_file: str = MISSING  # csv or json lines with the data config's text column(s)
+    # the input's own format and encoding (not the training data's): null format: from its extension
+    format: Optional[str] = choice(None, "csv", "json", "conll")
+    encoding: str = "utf-8"
     output_file: Optional[str] = None  # default: <run folder>/predictions.jsonl
     batch_size: int = 64
     precision: str = choice("fp32", "bf16", "int8")  # int8: dynamic quantization (CPU), converted after loading
@@ -393,3 +402,46 @@ def _walk(node, fields: dict, prefix: str) -> None:
 def _fields(schema) -> dict:
     hints = typing.get_type_hints(schema)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema)}
+
+
+def check_values(cfg) -> None:
+    """Every value of the composed config resolves (``${oc.env:VAR}`` of an unset variable is named
+    here, not as a traceback wherever it is first read) and every number is finite: nan and inf
+    pass range checks (``inf > 0``) or fail them with a misleading message, for every float knob,
+    including the strategy's and list entries (class weights, merge weights)."""
+    _walk_values(cfg, "")
+
+
+def _walk_values(node, prefix: str) -> None:
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is not None and dataclasses.is_dataclass(schema):  # ++key=value adds past the schema
+        unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(schema)})
+        if unknown:
+            raise UserError(f"{prefix}{'.' if prefix else ''}{unknown[0]}: no such key in {prefix or 'the config'} "
+                            f"(check the spelling; `llmft train --cfg job` shows every key)")
+    for name in keys:
+        key = f"{prefix}[{name}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{name}"
+        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, name):
+            continue
+        try:
+            value = node[name]
+        except InterpolationResolutionError as err:
+            raw = node._get_node(name)._value()
+            if isinstance(raw, str) and "${hydra:" in raw:
+                continue  # Hydra's own resolver: resolved when the job runs, not at pre-flight
+            raise UserError(_interpolation_error(key, raw, err)) from None
+        if isinstance(value, (DictConfig, ListConfig)):
+            _walk_values(value, key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key}: must be a finite number (got {value})")
+
+
+def _interpolation_error(key: str, raw, err: Exception) -> str:
+    text = " ".join(str(err).splitlines()[0].split()) if str(err) else type(err).__name__
+    found = re.search(r"Environment variable '([^']+)' not found", text)
+    if found:
+        var = found.group(1)
+        return (f"{key}: the environment variable {var} is not set (${{oc.env:{var}}}); export it, or give a "
+                f"default: ${{oc.env:{var},VALUE}}")
+    return f"{key}={raw}: cannot resolve ({text})"

@@ -36,3 +36,24 @@ def resolve_path(spec: str, key: str = "path") -> Path:
 def cache_root() -> Path:
     """Where llmft keeps what it derives once per machine (converted GGUF models, the peak FLOP/s)."""
     return Path(os.environ.get("LLMFT_CACHE", Path.home() / ".cache" / "llmft"))
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """None when a safetensors file is whole (torch-free: 8 bytes of header length, the JSON
+    header, then the tensors up to the header's largest end offset); else what is wrong with it."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if 8 + length > size:
+                return "its header does not read"
+            header = json.loads(f.read(length))
+        ends = [t["data_offsets"][1] for name, t in header.items()
+                if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets", ())) == 2]
+    except (OSError, ValueError, struct.error, AttributeError, TypeError):
+        return "its header does not read"
+    expected = 8 + length + max(ends, default=0)
+    return None if expected == size else f"{size} bytes, its header says {expected}"

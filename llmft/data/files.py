@@ -69,6 +69,7 @@ def _unlabeled(cfg, splits: dict, task):
         path = resolve_path(cfg.unlabeled_file, key="data.unlabeled_file")
         data = read_file(path, cfg, "data.unlabeled_file")
         check_columns(data, str(path), columns, cfg)
+        check_texts(data, str(path), columns)
         return data.select_columns(columns)
     n = cfg.unlabeled_from_train
     if not n:
@@ -92,48 +93,95 @@ def _read_files(cfg, layouts: dict) -> dict:
     return out
 
 
-def read_file(path: Path, cfg, key: str, layouts: dict | None = None):
+def read_file(path: Path, cfg, key: str, layouts: dict | None = None, *, options=None, options_key: str = "data"):
     """One csv/json(l)/CoNLL file as a Dataset; ``key`` (e.g. data.train_file) names it in errors.
-    ``layouts``: the task's own file layouts by suffix (QA: a .json file is SQuAD's nested JSON)."""
+    ``layouts``: the task's own file layouts by suffix (QA: a .json file is SQuAD's nested JSON).
+    ``options``: the section whose ``format`` and ``encoding`` apply (default: ``cfg``, the data
+    section; predict: its own), called ``options_key`` in messages.
+
+    Every value is read as the file writes it: CSV cells stay text ("007" is not 7, "NA" and
+    "null" are not missing), a header that names a column twice is refused, and a JSON column
+    that mixes value types (which datasets would re-read as JSON: "007" -> 7) is refused by
+    check_columns when the task reads it."""
     from datasets import load_dataset
 
+    options = cfg if options is None else options
     if not path.is_file():
         raise UserError(f"{key}: file not found: {path}")
-    builder = cfg.format or _FORMATS.get(path.suffix.lower())
+    builder = file_format(path, options.format)
+    by_name = _FORMATS.get(path.suffix.lower())
+    if {builder, by_name} == {"csv", "json"}:  # e.g. a run's data.format=csv inherited by eval for a .jsonl
+        raise UserError(f"{key}: {path.name} is {by_name} by its extension but {options_key}.format={builder}; "
+                        f"set {options_key}.format={by_name} (or null: by extension)")
     if builder is None:
-        raise UserError(f"{key}: cannot tell the format of {path.name}; set data.format=csv or json")
+        raise UserError(f"{key}: cannot tell the format of {path.name}; set {options_key}.format=csv or json")
+    encoding = options.encoding
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     if not _has_rows(path, header=builder == "csv"):
         raise UserError(f"{path}: the file has no rows ({key})")
     layout = (layouts or {}).get(path.suffix.lower()) if builder == "json" else None
-    if layout is not None:
-        from datasets import Dataset
-
-        from llmft.data.formats import READERS
-
-        try:
-            return Dataset.from_dict(READERS[layout](path))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"{key}: {path} is not SQuAD JSON ({type(err).__name__}: {err}); "
-                            f"use {{\"data\": [{{\"paragraphs\": [...]}}]}} or JSON lines") from None
-    if builder == "conll":
-        from datasets import Dataset
-
-        from llmft.data.formats import read_conll
-
-        columns = read_conll(path)
-        return Dataset.from_dict({cfg.tokens_column: columns["tokens"], cfg.tags_column: columns["tags"]})
     try:
-        return load_dataset(builder, data_files=str(path), split="train", encoding=cfg.encoding, **kwargs)
+        if layout is not None or builder == "conll":
+            from datasets import Dataset
+
+            from llmft.data.formats import READERS
+
+            if builder == "conll":
+                columns = READERS["conll"](path, encoding)
+                return Dataset.from_dict({cfg.tokens_column: columns["tokens"], cfg.tags_column: columns["tags"]})
+            try:
+                return Dataset.from_dict(READERS[layout](path, encoding))
+            except UnicodeDecodeError:
+                raise
+            except (KeyError, TypeError, ValueError) as err:
+                raise UserError(f"{key}: {path} is not SQuAD JSON ({type(err).__name__}: {err}); "
+                                f"use {{\"data\": [{{\"paragraphs\": [...]}}]}} or JSON lines") from None
+        if builder == "csv":
+            kwargs.update(_csv_as_text(path, encoding, kwargs.get("delimiter", ","), key))
+        return load_dataset(builder, data_files=str(path), split="train", encoding=encoding, **kwargs)
+    except UserError:
+        raise
     except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
         decode = _find_cause(err, UnicodeDecodeError)
         if decode is not None:
             raise UserError(
-                f"{key}: {path} is not valid {cfg.encoding} text (byte {decode.start}); "
-                f"set data.encoding to the file's encoding (e.g. data.encoding=latin-1)"
+                f"{key}: {path} is not valid {encoding} text (byte {decode.start}); "
+                f"set {options_key}.encoding to the file's encoding (e.g. {options_key}.encoding=latin-1)"
             ) from None
-        reason = str(_find_cause(err, Exception, last=True)).splitlines()[0][:200]
+        # pyarrow's parse error names the column and row (a key given twice, a type change); datasets
+        # then retries with pandas, whose error ("Trailing data") says nothing
+        import pyarrow as pa
+
+        cause = _find_cause(err, pa.ArrowInvalid) or _find_cause(err, Exception, last=True)
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
         raise UserError(f"{key}: cannot read {path} as {builder}: {reason}") from None
+
+
+def file_format(path: Path, given: str | None) -> str | None:
+    """The reader of a file: ``given`` (a format key), else its extension's; None: unknown."""
+    return given or _FORMATS.get(Path(path).suffix.lower())
+
+
+def _csv_as_text(path: Path, encoding: str, delimiter: str, key: str) -> dict:
+    """load_dataset options that read every cell of a CSV as its text, after checking the header.
+
+    pandas (under datasets' csv builder) would convert "007" to 7.0, read "NA", "null" and empty
+    cells as missing, merge labels "1" and "1.0", and rename a repeated column "text" to "text.1"."""
+    import csv
+
+    import pandas as pd
+    from datasets import Features, Value
+
+    with path.open(encoding=encoding, newline="") as f:
+        header = next(csv.reader(f, delimiter=delimiter), [])
+    header = [name.lstrip("\ufeff") if i == 0 else name for i, name in enumerate(header)]
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise UserError(f"{key}: {path}: the header names column '{repeated[0]}' more than once; "
+                        f"give each column its own name")
+    # the names pandas gives the columns (an unnamed one: "Unnamed: N"), each read as text
+    names = pd.read_csv(path, nrows=0, sep=delimiter, encoding=encoding).columns
+    return {"features": Features({name: Value("string") for name in names}), "keep_default_na": False}
 
 
 def _has_rows(path: Path, header: bool) -> bool:
@@ -160,15 +208,22 @@ def _read_hub(cfg) -> dict:
 
 
 def check_columns(dataset, source: str, columns: list[str], cfg) -> None:
+    from datasets import Json
+
     if len(dataset) == 0:
         raise UserError(f"{source}: the file has no rows")
     for column in columns:
         if column not in dataset.column_names:
-            key = next(k for k in cfg if k.endswith("_column") and cfg[k] == column)
+            key = next((k for k in cfg if k.endswith("_column") and cfg[k] == column), None)
+            named = f"data.{key}" if key else f"data.task={cfg.task} reads {', '.join(columns)}"
             raise UserError(
-                f"{source}: no column '{column}' (data.{key}); columns are: "
+                f"{source}: no column '{column}' ({named}); columns are: "
                 f"{', '.join(dataset.column_names)}"
             )
+        if isinstance(dataset.features[column], Json):  # datasets' type for a column of mixed types
+            raise UserError(f"{source}: column '{column}' mixes value types (e.g. text and numbers), which would "
+                            f"be read back as JSON (\"007\" as 7); write each of its values the same way "
+                            f"(text in quotes)")
 
 
 def _split(dataset, fraction: float, seed: int, task):
@@ -195,6 +250,15 @@ def _find_cause(err: BaseException, kind: type, last: bool = False):
     return found
 
 
+def check_encoding(encoding: str, key: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"{key}={encoding}: no such text encoding (e.g. utf-8, latin-1, utf-16)") from None
+
+
 def validate_data(d) -> None:
     """The data section's generic checks (torch-free); the task checks its own keys."""
     require(d.max_length >= 8, "data.max_length", f"must be >= 8 (got {d.max_length})")
@@ -204,10 +268,12 @@ def validate_data(d) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         value = d[key]
         require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null (got {value})")
+    require(0 <= d.split_seed < 2**32, "data.split_seed", f"must be in [0, 2**32) (got {d.split_seed})")
     for key in ("validation_fraction", "eval_fraction"):
         require(0 <= d[key] < 1, f"data.{key}", f"must be in [0, 1) (got {d[key]})")
     require(d.validation_fraction + d.eval_fraction < 1, "data.validation_fraction",
             f"+ data.eval_fraction must leave rows to train on (got {d.validation_fraction} + {d.eval_fraction})")
+    check_encoding(d.encoding, "data.encoding")
     if d.labels is not None:
         labels = [str(x) for x in d.labels]
         repeated = sorted({x for x in labels if labels.count(x) > 1})
@@ -226,3 +292,15 @@ def validate_data(d) -> None:
         if d[key]:
             path = resolve_path(d[key], key=f"data.{key}")
             require(path.is_file(), f"data.{key}", f"file not found: {path}")
+
+
+def check_texts(dataset, source: str, columns: list[str]) -> None:
+    """Every value of ``columns`` is non-empty text: a number or a null would be tokenized as
+    something else, or fail inside the tokenizer."""
+    for column in columns:
+        for row, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UserError(f"{source}: row {row + 1}: column '{column}' is empty")
+            if not isinstance(value, str):
+                raise UserError(f"{source}: row {row + 1}: column '{column}' holds {type(value).__name__} "
+                                f"{value!r}, not text")

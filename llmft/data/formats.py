@@ -12,9 +12,23 @@ def check_bio(tag: str, where: str) -> None:
         raise UserError(f"{where}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
 
 
-def read_squad(path) -> dict:
+def iob1_to_bio(tags: list[str]) -> tuple[list[str], int]:
+    """IOB1 (an entity starts with I-; B- only between two adjacent entities of one type) -> BIO,
+    and how many tags changed. An I-X that does not continue an X entity starts one: B-X. The
+    entities are the ones seqeval's default mode reads from either; BIO input is unchanged."""
+    out, changed = [], 0
+    for tag in tags:
+        previous = out[-1] if out else "O"
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag, changed = "B-" + tag[2:], changed + 1
+        out.append(tag)
+    return out, changed
+
+
+def read_squad(path, encoding: str = "utf-8") -> dict:
     """SQuAD's nested JSON -> flat columns (id, question, context, answers)."""
-    data = json.loads(open(path, encoding="utf-8").read())["data"]
+    with open(path, encoding=encoding) as f:
+        data = json.load(f)["data"]
     rows = {"id": [], "question": [], "context": [], "answers": []}
     for article in data:
         for paragraph in article["paragraphs"]:
@@ -27,11 +41,11 @@ def read_squad(path) -> dict:
     return rows
 
 
-def read_conll(path) -> dict:
+def read_conll(path, encoding: str = "utf-8") -> dict:
     """A CoNLL-style file -> {"tokens": [[...]], "tags": [[...]]}; datasets has no builder for
     local CoNLL files. The tag is the last whitespace-separated field; -DOCSTART- lines are skipped."""
     sentences, tokens, tags = {"tokens": [], "tags": []}, [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding) as f:
         for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":

@@ -33,6 +33,7 @@ class CrfTagger(Wrapper):
     few transition scores need a far larger step than the pretrained encoder."""
 
     extra = "crf"
+    last_row_loss = None  # each sentence's loss in the last eval forward with labels
 
     def __init__(self, encoder, labels: list[str], lr_scale: float = 1.0):
         from torchcrf import CRF
@@ -59,7 +60,10 @@ class CrfTagger(Wrapper):
         loss = None
         if labels is not None:
             tags = labels.gather(1, positions).clamp(min=0)
-            loss = -self.crf(emissions, tags, mask=mask, reduction="mean")
+            per_row = -self.crf(emissions, tags, mask=mask, reduction="none")
+            loss = per_row.mean()  # pytorch-crf's "mean": over the sentences
+            if not self.training:  # the eval loss of a split sums sentences (runtime/split_loss.py)
+                self.last_row_loss = per_row.detach()
         if not self.training:  # the Viterbi path, one-hot at each word start: argmax(-1) reads it
             logits = logits.detach().clone()
             for row, path in enumerate(self.crf.decode(emissions, mask=mask)):

@@ -75,19 +75,42 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
 
     auto = getattr(transformers, auto_class or task.auto_model)
     head_kwargs = task.model_kwargs() if auto_class is None else {}
+    if Path(path).is_dir():
+        check_weights(Path(path), f"model.name_or_path={path}")
     try:
         model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
     except OSError as err:
         raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
+    except RuntimeError as err:  # a weight whose shape is not the one config.json gives
+        if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise UserError(f"model.name_or_path={path}: its weights do not match the shapes in its config.json (a "
+                        f"config from another model?); use the config.json saved with these weights") from None
     except ValueError as err:
         custom = custom_code_error(err, path)
         if custom is not None:
             raise custom from None
+        if "does not recognize this architecture" in str(err) or "Unrecognized model" in str(err):
+            import re
+
+            import transformers as tf
+
+            found = re.search(r"model type `([^`]*)`", str(err))
+            raise UserError(f"model.name_or_path={path}: its config.json says model_type="
+                            f"{found.group(1) if found else '?'}, which transformers {tf.__version__} does not know; "
+                            f"upgrade transformers, or fix model_type in config.json") from None
         if "Unrecognized configuration class" not in str(err):
             raise
         kind = (auto_class or task.auto_model).removeprefix("AutoModelFor")
         raise UserError(f"model.name_or_path={path}: this architecture has no {kind} head, which data.task="
                         f"{task.name} needs; pick a model that has one") from None
+    try:
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    except (NotImplementedError, AttributeError):  # a model class without the accessor
+        rows = None
+    if isinstance(rows, int) and len(tokenizer) > rows:  # ids past the table: an index error, or garbage on a GPU
+        raise UserError(f"model.name_or_path={path}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                        f"embedding table has {rows} rows; use the tokenizer saved with this model")
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # e.g. Llama heads find the last token by it
     return model
@@ -119,6 +142,56 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
+def check_weights(folder: Path, key: str) -> None:
+    """Every safetensors file in ``folder`` is whole (torch-free): its JSON header reads and the
+    file is as long as the header's last data offset says. A copy or download cut short is named
+    here, in one line, instead of as a traceback from the loader (or, for a checkpoint, after
+    training has resumed)."""
+    import json
+
+    from llmft.core.paths import safetensors_problem
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            raise UserError(f"{key}: {file} is cut short or corrupt ({problem}); copy or download it again")
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{key}: {index} is not a readable weights index; copy or download it again") from None
+        absent = sorted(s for s in shards if not (Path(folder) / s).is_file())
+        require(not absent, key, f"{index} lists {absent[0]}, which is not in {folder}; copy or download it again")
+
+
+def read_meta(model_dir: Path, key: str) -> dict | None:
+    """A saved model's llmft.json (torch-free), None when there is none; one line when it does not
+    read as a JSON object (a cut-off copy, an edit gone wrong)."""
+    import json
+
+    meta_path = Path(model_dir) / "llmft.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{key}: {meta_path} does not read as JSON ({_first_line(err)}); copy the model folder "
+                        f"again, or retrain") from None
+    require(isinstance(meta, dict), key, f"{meta_path} is not a JSON object; copy the model folder again, or retrain")
+    return meta
+
+
+def check_saved_model(model_dir, key: str) -> None:
+    """A saved model folder (model_dir=, inputs=, students=, a teacher) before anything loads: it
+    exists (a typo fails here, not after Hydra made the run folder), its llmft.json reads and its
+    weights are whole."""
+    path = Path(model_dir)
+    require(path.is_dir(), key, "no such folder; give a run's model/ folder")
+    read_meta(path, key)
+    check_weights(path, key)
+
+
 def validate_model(cfg) -> None:
     """A local model folder (read without torch): it is a model, and data.max_length fits its positions."""
     import json
@@ -136,6 +209,8 @@ def validate_model(cfg) -> None:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"model.name_or_path: {config_file} is not valid JSON ({err})") from None
+    require(isinstance(config, dict), "model.name_or_path", f"{config_file} is not a model config (not a JSON object)")
+    check_weights(path, "model.name_or_path")
     if any(k in config for k in ("rope_theta", "rope_parameters", "rope_scaling")):
         return  # rotary positions: no table to run past
     limit = config.get("max_position_embeddings") or config.get("n_positions")

@@ -67,6 +67,36 @@ def text_budget(template: str, tokenizer, max_length: int, what: str = "data.pro
     return max_length - fixed
 
 
+def typed(key: str) -> bool:
+    """Whether ``key`` was given on the command line (Hydra's task overrides: a sweep's values
+    included). Outside a Hydra job every value counts as given."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    return any(not o.startswith("~") and o.lstrip("+").split("=", 1)[0] == key
+               for o in HydraConfig.get().overrides.task)
+
+
+def prompt_length(templates: list[str], tokenizer, data_cfg) -> int:
+    """data.max_length for prompts of ``templates`` (demonstrations included). As typed on the
+    command line it is the whole prompt's length (a template that leaves no room is refused later,
+    naming both numbers). Otherwise the data config's value is the input's budget and the longest
+    template's tokens come on top, within the tokenizer's limit for the model."""
+    if typed("data.max_length"):
+        return data_cfg.max_length
+    fixed = max(_length(render(t, "", tokenizer), tokenizer) for t in templates)
+    wanted = fixed + data_cfg.max_length
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10 ** 6:  # transformers' "no limit" is a huge int
+        wanted = min(wanted, limit)
+    if wanted > data_cfg.max_length:
+        log.info("data.max_length=%d for the prompts: the template takes %d tokens, data.max_length=%d is left "
+                 "for the input (data.max_length=N on the command line sets the whole prompt's length)",
+                 wanted, fixed, data_cfg.max_length)
+    return max(wanted, data_cfg.max_length)
+
+
 def fit(template: str, text: str, tokenizer, max_length: int) -> tuple[str, bool]:
     """The prompt of ``text`` within ``max_length`` tokens: only the input is shortened (from its
     end), so the template, the demonstrations, the answer cue and the mask stay whole (tokenizing

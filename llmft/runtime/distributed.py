@@ -143,7 +143,10 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
 
     os.environ[LOCK_HELD_ENV] = str(Path(run_dir).resolve())  # this process holds the folder for its ranks
     os.environ[SPAWNER_ENV] = str(os.getpid())
-    forwarding = signal.signal(signal.SIGUSR2, _forward_to_children)  # SLURM's time-limit warning
+    # the command's own handlers (runtime/preemption.py) come back after: torch's launcher sets SIGTERM's
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    signal.signal(signal.SIGUSR2, _forward_to_children)  # SLURM's time-limit warning
+    _FORWARDED.clear()
     try:
         elastic_launch(config, entrypoint=sys.executable)(*args)
     except SignalException as err:  # SIGTERM to this process: torch's launcher passed it on to the ranks
@@ -153,13 +156,20 @@ def spawn(command: str, overrides: list[str], run_dir: str, hardware) -> None:
     except ChildFailedError as err:
         # the rank that failed first, not one the launcher then stopped with SIGTERM
         failed_rank, failure = min(err.failures.items(), key=lambda f: (f[1].exitcode == -signal.SIGTERM, f[0]))
+        if failure.exitcode is not None and -failure.exitcode in _FORWARDED:  # a rank still starting its interpreter
+            from llmft.runtime.preemption import PREEMPTION, Interrupted
+
+            signum = -failure.exitcode
+            PREEMPTION.stop(Interrupted(signum, f"stopped by {signal.Signals(signum).name} while the ranks started; "
+                                                f"nothing trained yet: rerun the same command"))
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
         if code not in (2, *PREEMPTED_CODES):  # those printed their own line
             print(f"llmft: error: rank {failed_rank} failed (exit code {failure.exitcode}); its traceback is above",
                   file=sys.stderr)
         sys.exit(code)
     finally:
-        signal.signal(signal.SIGUSR2, forwarding)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         os.environ.pop(LOCK_HELD_ENV, None)
         os.environ.pop(SPAWNER_ENV, None)
 
@@ -181,12 +191,14 @@ def die_with_spawner() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-PREEMPTED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGUSR2)  # ranks that saved and stopped (run_dir.Preempted)
+PREEMPTED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGUSR2)  # ranks that stopped on a signal, with their line
+_FORWARDED: set = set()  # signals passed on to the ranks (one that kills a rank before its handlers: stopped)
 
 
 def _forward_to_children(signum, frame) -> None:
     """USR2 to the spawner (srun forwards it to each node's task) goes on to its ranks, which save
     at the next step (SIGTERM needs no help: torch's launcher sends it on to the ranks itself)."""
+    _FORWARDED.add(signum)
     for pid in _children():
         try:
             os.kill(pid, signum)
@@ -305,6 +317,8 @@ def validate_hardware(hw) -> None:
             f"must be 0 (no DeepSpeed), 1, 2 or 3 (got {hw.zero_stage})")
     require(hw.nproc_per_node >= 1, "hardware.nproc_per_node", "must be >= 1")
     require(hw.nnodes >= 1, "hardware.nnodes", "must be >= 1")
+    require(hw.dataloader_workers >= 0, "hardware.dataloader_workers",
+            f"must be >= 0 (0: load batches in the training process; got {hw.dataloader_workers})")
     require(hw.collective_timeout_s > 0, "hardware.collective_timeout_s",
             f"must be > 0 seconds (got {hw.collective_timeout_s})")
     for kind, stage in (("optimizer", 2), ("param", 3)):

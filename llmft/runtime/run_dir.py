@@ -13,6 +13,12 @@
     replaced/<time>/    what an earlier run of another config left here (train.resume=never, or
                         a rerun with other values): moved aside, never deleted
     .llmft.lock         held while a run writes here (a second run into the folder is refused)
+    .llmft-run          which command's folder this is (runtime/ownership.py: no other command
+                        writes here, and llmft writes into no folder it did not make)
+
+Every file is written whole (a temp file beside it, flushed, renamed, the folder flushed) and
+never through a link; a checkpoint is marked complete only once its files are on disk, and
+train.save_total_limit deletes older checkpoints only after the newest is marked.
 
 Every run is identified by its config fingerprint (``fingerprint``): results.json, model/llmft.json
 and each checkpoint's marker carry it, so a rerun resumes, skips or re-evaluates only what the
@@ -24,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -32,15 +39,18 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llmft.core.errors import UserError
+from llmft.runtime.preemption import PREEMPTION, requeue_slurm_job  # noqa: F401 (its old home)
+from llmft.runtime.ownership import atomic_write, fsync_dir, fsync_tree  # noqa: F401 (used here and by artifacts.py)
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 CHECKPOINT_DONE = ".complete"
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # what the Trainer names its checkpoint folders
 # Keys that change how a run is watched or saved, not what it computes (a resume may change them).
 NOT_FINGERPRINTED = ("print_config", "logger", "train.resume", "train.save_steps", "train.save_total_limit",
                      "train.logging_steps", "hardware.dataloader_workers", "hardware.master_port",
-                     "hardware.collective_timeout_s")
+                     "hardware.collective_timeout_s", "hardware.lock")
 # What a run leaves in its folder (set aside as a whole when another config takes the folder over).
 ARTIFACTS = (RESULTS, "predictions.jsonl", "metrics.jsonl", "config.yaml", "deepspeed.json", "model",
              "checkpoints", "retention.png", "wandb_run_id")
@@ -48,11 +58,15 @@ ARTIFACTS = (RESULTS, "predictions.jsonl", "metrics.jsonl", "config.yaml", "deep
 
 def fingerprint(cfg) -> dict:
     """{"fingerprint": 16 hex digits, "config": {dotted key: value}} of everything that changes
-    what a run computes (secrets shown as their interpolation; see redact.py)."""
+    what a run computes (secrets shown as their interpolation; see redact.py): the config's values
+    and what its input files hold ("data.train_file#sha256", a local model folder's, a hub
+    dataset's revision: core/digest.py), so a rewritten input is another config, never a finished run."""
+    from llmft.core.digest import input_digests
     from llmft.core.redact import redacted
 
     flat = {k: v for k, v in _flatten(redacted(cfg)).items()
             if not any(k == n or k.startswith(n + ".") for n in NOT_FINGERPRINTED)}
+    flat.update(input_digests(cfg))
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"fingerprint": digest, "config": flat}
 
@@ -106,56 +120,95 @@ class RunDir:
             _atomic_write(self.path / "deepspeed.json", json.dumps(deepspeed, indent=2) + "\n")
 
     def resume_checkpoint(self, resume: str, ident: dict, world_size: int, zero_stage: int) -> Path | None:
-        """The checkpoint ``train.resume`` names (auto: the newest complete one; never: none),
-        refused in one line when another config, ZeRO stage or world size saved it."""
-        if str(resume).lower() in ("never", "false"):
+        """The checkpoint ``train.resume`` names (auto: the newest complete one; never: none). Only
+        a checkpoint-N folder with llmft's completion marker of this very config, ZeRO stage and
+        world size, whose files are whole; anything else is refused in one line. auto takes none
+        when the folder holds another config's completed run (results.json): it is moved aside whole."""
+        mode = str(resume).lower()
+        if mode in ("never", "false"):
             return None
-        if str(resume).lower() in ("auto", "true"):
-            checkpoint = self.latest_checkpoint()
-        else:
-            checkpoint = Path(resume)
-            if not (checkpoint / "trainer_state.json").is_file():
-                raise UserError(f"train.resume={resume}: not a checkpoint folder (no trainer_state.json)")
-        if checkpoint is None:
-            return None
-        marker = checkpoint / CHECKPOINT_DONE
-        saved = json.loads(marker.read_text() or "{}") if marker.is_file() else {}
         how = ("choose another hydra.run.dir, or pass train.resume=never to start over "
                f"(what is in {self.path} is moved to {self.path / 'replaced'})")
+        if mode in ("auto", "true"):
+            done = read_results(self.path)
+            if done is not None and done.get("fingerprint") != ident["fingerprint"]:
+                return None  # another config's finished run: set_aside_other_runs moves it, checkpoints too
+            checkpoint, key = self.latest_checkpoint(), "train.resume"
+            if checkpoint is None:
+                return None
+        else:
+            checkpoint, key = Path(resume).expanduser(), f"train.resume={resume}"
+            use = ("give a checkpoint-N folder an llmft run saved (RUN/checkpoints/checkpoint-N), or "
+                   "train.resume=auto (a rerun in the same run folder resumes by itself) or never")
+            if not checkpoint.is_dir():
+                raise UserError(f"{key}: no such folder; {use}")
+            if not CHECKPOINT_NAME.fullmatch(checkpoint.name):
+                raise UserError(f"{key}: not a checkpoint-N folder; {use}")
+            how = "resume with the config that saved it, or pass train.resume=never to start over"
+        saved = read_marker(checkpoint)
+        if saved is None:
+            raise UserError(f"{key}: {checkpoint} has no readable llmft completion marker ({CHECKPOINT_DONE}): "
+                            f"llmft did not save it, or its save was cut off. Resume from a complete checkpoint "
+                            f"(train.resume=auto takes the newest in this run folder), or {how}")
         if saved.get("zero_stage", zero_stage) != zero_stage or (
                 zero_stage > 0 and saved.get("world_size", world_size) != world_size):
             raise UserError(f"train.resume: {checkpoint} was saved with ZeRO stage {saved.get('zero_stage', zero_stage)} "
                             f"on {saved.get('world_size', world_size)} processes; this run has stage {zero_stage} on "
                             f"{world_size}. Resume with that hardware, or {how}")
-        if saved.get("fingerprint", ident["fingerprint"]) != ident["fingerprint"]:
+        if saved["fingerprint"] != ident["fingerprint"]:
             raise UserError(f"train.resume: {checkpoint} was saved by another config "
                             f"({config_difference(saved.get('config', {}), ident['config'])}); {how}")
+        cut = cut_files(checkpoint)
+        if cut:
+            raise UserError(f"train.resume: {checkpoint} is marked complete but {cut[0]} is cut short or damaged"
+                            f"{f' (+{len(cut) - 1} more)' if len(cut) > 1 else ''}; move that checkpoint away "
+                            f"(train.resume=auto then takes the one before it), or {how}")
         return checkpoint
 
     def set_aside_other_runs(self, resume: str, ident: dict) -> str | None:
         """Rank 0, before anything is written: with train.resume=never, or when what this folder
         holds came from another config, move all of it to replaced/<time>/ (nothing is deleted).
         Returns where it went (None: nothing to move)."""
-        present = [name for name in ARTIFACTS if (self.path / name).exists()]
+        self.set_aside_unreadable_results()
+        present = [name for name in ARTIFACTS if os.path.lexists(self.path / name)]
         if not present:
             return None
-        shutil.rmtree(self.path / f".{self.model_dir.name}.tmp", ignore_errors=True)
+        leftover = self.path / f".{self.model_dir.name}.tmp"
+        leftover.unlink() if leftover.is_symlink() else shutil.rmtree(leftover, ignore_errors=True)
         if str(resume).lower() not in ("never", "false"):
             owners = {self.folder_fingerprint(name) for name in (RESULTS, "model")} - {None}
             if not owners or owners == {ident["fingerprint"]}:
                 return None
-        target = self.path / "replaced" / time.strftime("%Y-%m-%d_%H-%M-%S")
-        target = target.with_name(f"{target.name}_{os.getpid()}") if target.exists() else target
-        target.mkdir(parents=True)
+        target = self._replaced_folder()
         for name in present:
             os.rename(self.path / name, target / name)
         log.warning("%s held the files of another run (another config, or train.resume=never): moved to %s",
                     self.path, target)
         return str(target)
 
+    def set_aside_unreadable_results(self) -> None:
+        """An empty or cut-off results.json (a crash while the disk filled, a hand edit) means "not
+        complete": moved to replaced/<time>/ with one warning, so the rerun carries on (a complete
+        model/ of this config is then only evaluated)."""
+        if not self.results_file.is_file() or _results_readable(self.results_file):
+            return
+        target = self._replaced_folder()
+        os.rename(self.results_file, target / RESULTS)
+        log.warning("%s could not be read (empty or cut off): not a completed run; moved to %s",
+                    self.results_file, target)
+
+    def _replaced_folder(self) -> Path:
+        target = self.path / "replaced" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        target = target.with_name(f"{target.name}_{os.getpid()}") if target.exists() else target
+        target.mkdir(parents=True)
+        return target
+
     def folder_fingerprint(self, name: str) -> str | None:
-        """The fingerprint results.json or model/ was written under ("legacy" when it has none)."""
+        """The fingerprint results.json or model/ was written under ("legacy" when it has none;
+        "foreign" for a model/ without llmft.json: llmft did not write it)."""
         path = self.results_file if name == RESULTS else self.model_dir / "llmft.json"
+        if name != RESULTS and os.path.lexists(self.model_dir) and (self.model_dir.is_symlink() or not path.is_file()):
+            return "foreign"
         if not path.is_file():
             return None
         try:
@@ -175,7 +228,8 @@ class RunDir:
         """The newest checkpoint that finished saving (a kill mid-save leaves no marker)."""
         if not self.checkpoints.is_dir():
             return None
-        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / CHECKPOINT_DONE).is_file()]
+        done = [p for p in self.checkpoints.glob("checkpoint-*")
+                if CHECKPOINT_NAME.fullmatch(p.name) and (p / CHECKPOINT_DONE).is_file()]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
     def write_predictions(self, records: list[dict]) -> None:
@@ -196,6 +250,37 @@ class RunDir:
 
     def callbacks(self, ident: dict, zero_stage: int) -> list:
         return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints(ident, zero_stage)]
+
+
+def read_marker(checkpoint: Path) -> dict | None:
+    """A checkpoint's completion marker, or None when it has none llmft wrote (absent, not JSON,
+    or without the fingerprint every marker carries)."""
+    try:
+        saved = json.loads((checkpoint / CHECKPOINT_DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and isinstance(saved.get("fingerprint"), str) else None
+
+
+def cut_files(folder: Path) -> list[str]:
+    """The files of a checkpoint that end before their own structure says they do (a copy or a
+    disk that cut them; the marker came first): a safetensors file shorter than its header's
+    tensors, a torch.save archive without its closing directory."""
+    import zipfile
+
+    from llmft.core.paths import safetensors_problem
+
+    cut = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".safetensors":
+            whole = safetensors_problem(path) is None
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            whole = zipfile.is_zipfile(path)
+        else:
+            continue
+        if not whole:
+            cut.append(str(path.relative_to(folder)))
+    return cut
 
 
 class MetricsLog(TrainerCallback):
@@ -224,7 +309,33 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                fsync_tree(folder)  # on disk before the marker says it is complete
                 _atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size}))
+                prune_checkpoints(folder.parent, args.save_total_limit, state.best_model_checkpoint)
+
+
+def prune_checkpoints(folder: Path, limit: int | None, best: str | None = None) -> list[Path]:
+    """train.save_total_limit, applied once the newest checkpoint is marked complete (the Trainer's
+    own rotation, which deletes before the marker is written, is off: runtime/trainer.py): keep the
+    newest ``limit`` complete checkpoints and the best one (early stopping reloads it); delete older
+    ones, and unmarked leftovers older than the newest complete one. Returns what was deleted."""
+    if not limit or limit <= 0 or not folder.is_dir():
+        return []
+
+    def step(path: Path) -> int:
+        tail = path.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and step(p) >= 0), key=step)
+    complete = [p for p in found if (p / CHECKPOINT_DONE).is_file()]
+    if not complete:
+        return []
+    keep = {p.name for p in complete[-limit:]} | ({Path(best).name} if best else set())
+    newest = step(complete[-1])
+    gone = [p for p in found if p.name not in keep and step(p) < newest]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
 
 
 class Preempted(Exception):
@@ -243,6 +354,9 @@ class SaveOnPreemption(TrainerCallback):
     then raises ``Preempted``; the rerun resumes). Under submitit its own handler runs after the
     save (it requeues the job); elsewhere a USR2 inside a SLURM job requeues it with
     ``scontrol requeue``. A second signal of the same kind while saving takes its default action.
+    The command's own handlers (runtime/preemption.py) hand the signals over for the loop and take
+    them back after it: a signal caught after the last step (nothing left to save at) lets the
+    run finish instead.
 
     Every rank learns of the signal at the same step, because a DeepSpeed save needs all of them:
     one all-reduce of a flag per step, on the Trainer's device (NCCL reduces only CUDA tensors)."""
@@ -259,11 +373,17 @@ class SaveOnPreemption(TrainerCallback):
 
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
+            self.caught = PREEMPTION.training() or self.caught  # one held while an earlier stage finished
 
     def on_train_end(self, args, state, control, **kwargs):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
+        if self.checkpoint is not None:  # saved and stopped: Preempted is on its way out
+            PREEMPTION.phase = "stopping"
+            return
+        late, self.caught = self.caught, None  # caught after the last step: training is done
+        PREEMPTION.finishing("saving model/ and the final evaluation", "save", pending=late)
 
     def _catch(self, signum, frame):
         if self.caught == signum:  # asked twice: stop now
@@ -301,29 +421,24 @@ class SaveOnPreemption(TrainerCallback):
             dist.barrier()
         self.checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         control.should_training_stop = True
-        handler = self.previous.get(self.caught)
-        if callable(handler) and handler is not signal.default_int_handler and "SLURM_JOB_ID" in os.environ:
-            handler(self.caught, None)  # submitit: requeue and exit (rank 0); others carry on until killed
-        elif self.caught == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ and state.is_world_process_zero:
-            requeue_slurm_job()
-
-
-def requeue_slurm_job() -> None:
-    """Put this SLURM job back in the queue (it needs --requeue); its rerun resumes."""
-    import logging
-    import subprocess
-
-    job = os.environ["SLURM_JOB_ID"]
-    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    if out.returncode:
-        logging.getLogger(__name__).warning("scontrol requeue %s failed: %s", job, out.stderr.strip())
+        # submitit: its handler requeues and exits (rank 0; others carry on until killed); else scontrol
+        PREEMPTION.pass_on(self.caught, state.is_world_process_zero, fallback=self.previous)
 
 
 def read_results(run_dir: str | Path) -> dict | None:
     """A run folder's results.json, or None when the run did not complete (none, or "failed")."""
     path = Path(run_dir) / RESULTS
-    results = json.loads(path.read_text()) if path.is_file() else None
+    results = _results_readable(path) if path.is_file() else None
     return results if results is not None and results.get("status") == "completed" else None
+
+
+def _results_readable(path: Path) -> dict | None:
+    """results.json's record, or None when it is empty, cut off or not a record."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
 
 
 def finite_json(value):
@@ -346,6 +461,4 @@ def dumps(value, **kwargs) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)

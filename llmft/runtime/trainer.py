@@ -5,6 +5,7 @@ decides the device, precision and the DeepSpeed config (``TrainingArguments(deep
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -135,6 +136,8 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     import torch
     from transformers import Trainer, TrainerCallback
 
+    from llmft.runtime.split_loss import SplitLoss, row_losses
+
     class LlmftTrainer(Trainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.tokens.add(inputs)
@@ -142,6 +145,21 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
             if not torch.isfinite(loss).all():  # before the optimizer step: the weights are still finite
                 raise NonFinite("loss", loss.float().max().item(), self.state.global_step + 1)
             return loss
+
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            # a resume, and the best checkpoint loaded at the end: DeepSpeed's loader unpickles anything
+            with weights_only_loads(str(resume_from_checkpoint or self.args.output_dir)):
+                return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def _save_checkpoint(self, model, trial):
+            # The Trainer deletes checkpoints beyond save_total_limit before the new one is marked
+            # complete (on_save): a kill in between left nothing to resume from. Rotation waits for
+            # the marker instead (run_dir.prune_checkpoints, called once it is written).
+            limit, self.args.save_total_limit = self.args.save_total_limit, None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
 
         def _get_grad_norm(self, model, grad_norm=None):
             grad_norm = super()._get_grad_norm(model, grad_norm)
@@ -176,12 +194,30 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
                 out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
                 if model.training:  # multi-task: each task's loss on the batches that had it
                     self._add_terms({f"task_{k}": v for k, v in getattr(model, "last_terms", {}).items()})
+                elif self._split_loss is not None and return_outputs:  # evaluation: each row's loss, gathered
+                    rows = row_losses(task.loss_kind, out[1], inputs, self.model)
+                    self._split_loss.add(*self.accelerator.gather_for_metrics(rows))
                 return out
             # soft targets: not the model's (it would take float labels for multi-label and keep that in its config)
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"} if objective.soft else inputs)
             loss, terms = objective(model, inputs, outputs)
             self._add_terms(terms)
             return (loss, outputs) if return_outputs else loss
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """The Trainer's loop with the split's loss (runtime/split_loss.py) as ``eval_loss``,
+            not its mean of per-batch means."""
+            self._split_loss = SplitLoss() if task.loss_kind is not None else None
+            try:
+                output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                                 metric_key_prefix)
+                loss = self._split_loss.value() if self._split_loss is not None else None
+            finally:
+                self._split_loss = None
+            if loss is not None and f"{metric_key_prefix}_loss" in output.metrics:
+                output.metrics[f"{metric_key_prefix}_loss"] = loss
+            return output
 
         def _add_terms(self, terms: dict) -> None:
             for name, value in terms.items():
@@ -223,6 +259,7 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         callbacks=[*extra, *callbacks],
     )
     trainer._terms = {}  # loss term -> (sum, count) since the last log
+    trainer._split_loss = None  # during an evaluation: the split's summed loss and target count
     trainer.tokens = TokenCounter()
     # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
     # then skips the division by gradient accumulation and multiplies by the process count: for
@@ -236,6 +273,48 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     if objective is not None and objective.teacher is not None:
         objective.teacher.to(trainer.args.device)  # distillation: the teacher runs beside the student
     return trainer
+
+
+def deepspeed_saved_classes() -> list:
+    """What DeepSpeed pickles into a ZeRO checkpoint besides tensors and plain containers (its
+    optimizer states: the ZeRO stage, the loss scaler, the parameter fragment map)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loads(checkpoint: str):
+    """Every ``torch.load`` inside unpickles only tensors, plain containers and what DeepSpeed
+    saves: its loader asks for ``weights_only=False`` (a checkpoint folder received from someone
+    else could run code); torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides the call site. Anything
+    else in a checkpoint is refused in one line, unloaded."""
+    import pickle
+
+    import torch
+
+    try:
+        allowed = deepspeed_saved_classes()
+    except ImportError:  # no DeepSpeed: the Trainer's own loads are weights-only already
+        allowed = []
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    except pickle.UnpicklingError as err:
+        unsupported = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
+                           str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise UserError(f"train.resume: {checkpoint} holds a pickled object that is not a tensor or DeepSpeed's "
+                        f"optimizer state ({unsupported[:200]}); it was not loaded. Resume only from a checkpoint "
+                        f"llmft wrote, or start over with train.resume=never") from None
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 class NonFinite(Exception):
@@ -291,7 +370,9 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
         import wandb
     except ImportError:
         raise UserError("logger=wandb needs the wandb package: pip install wandb") from None
-    from llmft.core.redact import redacted
+    import sys
+
+    from llmft.core.redact import redacted, scrub_text, secret_values
 
     os.environ["WANDB_MODE"] = cfg.logger.mode
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -300,16 +381,21 @@ def start_tracker(cfg, run_path: Path) -> list[str]:
 
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
-    wandb.init(
-        id=run_id,
-        resume="allow",
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        tags=list(cfg.logger.tags),
-        name=cfg.get("experiment") or cfg.strategy.name,
-        dir=str(run_path),
-        config=redacted(cfg),  # secrets read from the environment stay ${oc.env:...}
-    )  # the Trainer's WandbCallback finds this run and logs into it
+    argv, secrets = sys.argv, secret_values(cfg)
+    sys.argv = [scrub_text(a, secrets) for a in argv]  # wandb records the command line (its metadata's args)
+    try:
+        wandb.init(
+            id=run_id,
+            resume="allow",
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            tags=list(cfg.logger.tags),
+            name=cfg.get("experiment") or cfg.strategy.name,
+            dir=str(run_path),
+            config=redacted(cfg),  # secrets read from the environment stay ${oc.env:...}
+        )  # the Trainer's WandbCallback finds this run and logs into it
+    finally:
+        sys.argv = argv
     return ["wandb"]
 
 
@@ -354,4 +440,17 @@ def validate_train(t) -> None:
         require(c.step_size >= 1, "train.cyclic.step_size", "must be >= 1")
         top, bottom = c.max_lr or t.lr, c.base_lr if c.base_lr is not None else (c.max_lr or t.lr) / 10
         require(0 <= bottom < top, "train.cyclic.base_lr", f"must be below max_lr ({bottom} vs {top})")
+        require(c.mode != "exp_range" or 0 < c.gamma <= 1, "train.cyclic.gamma",
+                f"exp_range scales the cycle by gamma ** step: must be in (0, 1] (got {c.gamma}; 0 is a flat "
+                f"rate, > 1 grows without bound)")
     require(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+    if t.lr_scheduler == "cosine_with_restarts":  # transformers takes a whole number of cycles
+        require(t.num_cycles >= 1 and float(t.num_cycles).is_integer(), "train.num_cycles",
+                f"cosine_with_restarts runs a whole number of cycles >= 1 (got {t.num_cycles}; "
+                f"{int(t.num_cycles)} would be used)")
+    if t.lr_scheduler == "cosine":
+        require(t.num_cycles > 0, "train.num_cycles", f"must be > 0 (0.5: one decay; got {t.num_cycles})")
+    if t.lr_scheduler == "polynomial":  # power 0: a flat rate; < 0: 0 ** power at the last step
+        require(t.power > 0, "train.power", f"polynomial decay needs a power > 0 (1: linear; got {t.power})")
+        require(t.lr > 1e-7, "train.lr", f"polynomial decay ends at 1e-7 (transformers' lr_end): the rate must "
+                                         f"start above it (got {t.lr})")

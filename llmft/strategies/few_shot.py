@@ -38,6 +38,7 @@ class FewShot(ZeroShot):
         self.tokenizer = tokenizer
         if not hasattr(self, "kind"):
             self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
+        self.fit_length(tokenizer)  # the longest seed's demonstrations
         for seed in self.cfg.seeds:  # every seed's demonstrations must fit, checked before the model loads
             self.seed = seed
             text_budget(self.template(), tokenizer, self.run_cfg.data.max_length,
@@ -49,6 +50,14 @@ class FewShot(ZeroShot):
 
     def template(self) -> str:
         return self.demonstrations(self.seed) + self.cfg.separator + self.cfg_prompt().template
+
+    def templates(self) -> list[str]:
+        out = []
+        for seed in self.cfg.seeds:
+            self.seed = seed
+            out.append(self.template())
+        self.seed = self.cfg.seeds[0]
+        return out
 
     def demonstrations(self, seed: int) -> str:
         from llmft.models.prompting import render

@@ -33,6 +33,9 @@ class LoraStrategyConfig(LoraKnobs, StrategyConfig):
 def check_lora_knobs(s) -> None:
     if s.r < 1:
         raise UserError(f"strategy.r must be >= 1 (got {s.r})")
+    if not s.alpha > 0:  # the update is scaled by alpha / r: 0 trains an adapter that does nothing
+        raise UserError(f"strategy.alpha must be > 0 (got {s.alpha}; the update is scaled by alpha / r, "
+                        f"e.g. strategy.alpha={2 * s.r})")
     if not 0 <= s.dropout < 1:
         raise UserError(f"strategy.dropout must be in [0, 1) (got {s.dropout})")
 

@@ -52,6 +52,8 @@ class PET(ZeroShot):
         require(s.generations >= 1, "strategy.generations", f"must be >= 1 (got {s.generations})")
         require(s.generations == 1 or s.ensemble, "strategy.generations", "iPET needs strategy.ensemble=true")
         require(s.temperature > 0, "strategy.temperature", f"must be > 0 (got {s.temperature})")
+        require(not (s.ensemble and s.final == "classifier") or s.final_lr > 0, "strategy.final_lr",
+                f"the final classifier's learning rate must be > 0 (got {s.final_lr})")
         if s.params != "full":
             check_lora_knobs(s)
 

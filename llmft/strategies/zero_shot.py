@@ -55,8 +55,22 @@ class ZeroShot(Strategy):
             self.model_class(resolve_model_path(self.run_cfg.model.name_or_path))
         check_prompt(self.run_cfg.data.prompt, self.task.labels, self.kind)
         self.tokenizer = tokenizer
+        self.fit_length(tokenizer)
         self.truncated = {}
         return self.render_splits(splits, tokenizer, self.prompt_meta(), counts=self.truncated)
+
+    def fit_length(self, tokenizer) -> None:
+        """data.max_length from the template (models/prompting.py prompt_length), set once for
+        everything that reads it: rendering, the task's tokenizing, calibration, llmft.json."""
+        from llmft.models.prompting import prompt_length
+
+        if not getattr(self, "length_fitted", False):
+            self.run_cfg.data.max_length = prompt_length(self.templates(), tokenizer, self.run_cfg.data)
+            self.length_fitted = True
+
+    def templates(self) -> list[str]:
+        """Every template this run renders (few_shot: one per seed)."""
+        return [self.template()]
 
     def apply(self, model):
         model.requires_grad_(False)
@@ -141,6 +155,12 @@ class ZeroShot(Strategy):
         from llmft.models.loading import load_model, revision_kwargs
         from llmft.models.prompting import label_token_ids, prompt_classifier
 
+        if meta.get("max_length") and task.data_cfg is not None and task.data_cfg.max_length < meta["max_length"]:
+            # the prompts are fitted to the length they were trained and evaluated with: the task's
+            # tokenizing at the data config's shorter one would cut their end (the cue, the mask).
+            # A copy: the command's own config keeps its value (a stage's config is copied from it).
+            task.data_cfg = task.data_cfg.copy()
+            task.data_cfg.max_length = meta["max_length"]
         own = (model_dir / "config.json").is_file()
         source = str(model_dir) if own else meta["base_model"]
         lm = load_model(source, task, tokenizer, trust_remote_code, LM_CLASSES[meta["lm_kind"]],

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llmft.core.errors import UserError
+from llmft.core.errors import UserError, require
 from llmft.core.registry import Registry
+from llmft.data.files import check_texts  # noqa: F401  (tasks import it from here)
 
 TASKS = Registry("llmft.tasks", key="data.task")
 
@@ -24,6 +25,9 @@ class Task:
     # True: the model's loss is a sum over tokens divided by the Trainer's token count
     # (num_items_in_batch: causal LM heads). Others return a mean the Trainer must not rescale.
     loss_counts_tokens: ClassVar[bool] = False
+    # How the eval loss of a split adds up (runtime/split_loss.py): "causal" / "token" (token
+    # losses, weighted by target tokens), "row" / "span" (one loss per row); None: the Trainer's.
+    loss_kind: ClassVar[str | None] = None
     # metrics computed during training (early stopping) from logits + labels, besides "loss"
     loop_metric_names: ClassVar[tuple[str, ...]] = ()
     stratify_column: ClassVar[str | None] = None  # column to stratify seeded splits on
@@ -31,6 +35,9 @@ class Task:
     # sampling, retention): "sequence" (labels per example), "token" (labels per token), "causal"
     # (the vocabulary per token: the LM's own head), or None (answer spans, generated text).
     logits: ClassVar[str | None] = None
+    # data config keys naming the columns the model reads, and the one holding the answer (never one of them)
+    input_column_keys: ClassVar[tuple[str, ...]] = ()
+    answer_column_key: ClassVar[str | None] = None
     aux_kinds: ClassVar[tuple[str, ...]] = ()  # data.aux kinds it trains together with (multi-task)
     crf: ClassVar[bool] = False  # model.crf=true puts a CRF over its token scores (wrap)
     # file suffix -> a layout of llmft/data/formats.py that files of this task use (QA: SQuAD JSON)
@@ -47,6 +54,11 @@ class Task:
         if "model" in cfg and cfg.model.crf and not cls.crf:
             crf_tasks = " or ".join(n for n in TASKS.names() if TASKS.get(n).crf)
             raise UserError(f"model.crf: is for data.task={crf_tasks} (got {cfg.data.task}); drop model.crf=true")
+        answer = cls.answer_column_key
+        for key in cls.input_column_keys if answer else ():  # the gold answer as model input: inflated metrics
+            require(not cfg.data[key] or cfg.data[key] != cfg.data[answer], f"data.{key}",
+                    f"is the answer column '{cfg.data[answer]}' (data.{answer}): the model would read the "
+                    f"answer; name an input column")
 
     def __init__(self, data_cfg, labels: list[str] | None = None):
         self.data_cfg = data_cfg
@@ -65,6 +77,10 @@ class Task:
     def encode(self, dataset, source: str, is_train: bool):
         """Validate and convert one raw split; ``source`` names its file for error messages."""
         raise NotImplementedError
+
+    def check_inputs(self, dataset, source: str) -> None:
+        """Refuse unlabelled inputs (``llmft predict``) the model cannot read as written."""
+        check_texts(dataset, source, self.input_columns())
 
     def model_kwargs(self) -> dict:
         return {}

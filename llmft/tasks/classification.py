@@ -15,9 +15,12 @@ class Classification(Task):
     logits = "sequence"
     aux_kinds = ("classification",)
     peft_task_type = "SEQ_CLS"
+    loss_kind = "row"
     primary_metric = "accuracy"
     loop_metric_names = ("accuracy", "macro_f1")
     stratify_column = LABEL_COLUMN
+    input_column_keys = ("text_column", "text_pair_column")
+    answer_column_key = "label_column"
 
     @classmethod
     def validate_config(cls, cfg) -> None:
@@ -35,7 +38,17 @@ class Classification(Task):
     # ------------------------------------------------------------------ data
     def encode(self, dataset, source: str, is_train: bool):
         d = self.data_cfg
-        values = [None if v is None else str(v).strip() for v in dataset[d.label_column]]
+        if getattr(dataset.features[d.label_column], "dtype", "").startswith("float"):  # JSON: 1 and 1.0 alike
+            raise UserError(f"{source}: column '{d.label_column}' holds numbers with a fraction; labels are names: "
+                            f"write them as text (\"1\", \"2.5\")")
+        names = getattr(dataset.features[d.label_column], "names", None)  # hub ClassLabel: ids of these names
+        if names:  # -1: a split without labels (e.g. GLUE's test sets), never the last name
+            values = [names[v] if v is not None and 0 <= v < len(names) else None for v in dataset[d.label_column]]
+        else:
+            values = [None if v is None else str(v).strip() for v in dataset[d.label_column]]
+        empty = next((i for i, v in enumerate(values) if not v), None)
+        if empty is not None:
+            raise UserError(f"{source}: row {empty + 1}: no label in column '{d.label_column}' (empty, or -1)")
         if self.labels is None:
             if not is_train:
                 raise UserError("data.labels: cannot infer the label set without a train split")

@@ -4,13 +4,17 @@ Data: CoNLL-style files (one ``token tag`` per line, a blank line between senten
 the last field) or JSON lines with token and tag lists (``data.tokens_column``,
 ``data.tags_column``). Words are split into sub-words by the model's tokenizer; the first
 sub-word of each word carries the word's tag, the rest are ignored in the loss and in scoring.
+Tags are BIO; IOB1 (an entity may start with I-) is converted to BIO on reading.
 """
 from __future__ import annotations
 
+import logging
+
 from llmft.core.errors import UserError, require
-from llmft.data.formats import check_bio
+from llmft.data.formats import check_bio, iob1_to_bio
 from llmft.tasks.base import Task, check_finite
 
+log = logging.getLogger(__name__)
 LABELS = "labels"
 IGNORE = -100
 
@@ -21,6 +25,7 @@ class NER(Task):
     logits = "token"
     crf = True
     peft_task_type = "TOKEN_CLS"
+    loss_kind = "token"  # with model.crf: the CRF's sentence likelihood, one per row
     primary_metric = "f1"
     loop_metric_names = ("f1", "precision", "recall", "accuracy")
 
@@ -39,13 +44,21 @@ class NER(Task):
         tags = dataset[d.tags_column]
         for row, (tokens, row_tags) in enumerate(zip(dataset[d.tokens_column], tags)):
             for column, value in ((d.tokens_column, tokens), (d.tags_column, row_tags)):
-                if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
-                    raise UserError(f"{source}: sentence {row + 1}: '{column}' must be a non-empty list of strings "
-                                    f"(got {str(value)[:60]!r})")
+                check_words(value, column, f"{source}: sentence {row + 1}")
             if len(tokens) != len(row_tags):
                 raise UserError(f"{source}: sentence {row + 1}: {len(tokens)} tokens but {len(row_tags)} tags")
             for tag in row_tags:
                 check_bio(tag, f"{source}: sentence {row + 1}")
+        # IOB1 (an entity may start with I-) would be a path the CRF forbids and a label set
+        # without B- tags: converted to BIO, the same entities, and counted in results.json
+        converted = [iob1_to_bio(row_tags) for row_tags in tags]
+        changed = sum(n for _, n in converted)
+        if changed:
+            tags = [row_tags for row_tags, _ in converted]
+            dataset = dataset.remove_columns(d.tags_column).add_column(d.tags_column, tags)
+            self.iob1_converted = getattr(self, "iob1_converted", 0) + changed
+            log.warning("%s: %d I- tags start an entity (IOB1, or stray I- tags); read as B- (BIO): the same "
+                        "entities seqeval reads", source, changed)
         if self.labels is None:
             if not is_train:
                 raise UserError("data.labels: cannot infer the tag set without a train split")
@@ -57,9 +70,18 @@ class NER(Task):
         for row, row_tags in enumerate(tags):
             unknown = next((t for t in row_tags if t not in index), None)
             if unknown is not None:
+                note = "; I- tags that start an entity are read as B- (IOB1 -> BIO)" if changed else ""
                 raise UserError(f"{source}: sentence {row + 1}: tag {unknown!r} is not one of {self.labels} "
-                                f"(set data.labels to the full tag set)")
+                                f"(set data.labels to the full tag set{note})")
         return dataset.add_column("tag_ids", [[index[t] for t in row_tags] for row_tags in tags])
+
+    def check_inputs(self, dataset, source: str) -> None:
+        for row, tokens in enumerate(dataset[self.data_cfg.tokens_column]):
+            check_words(tokens, self.data_cfg.tokens_column, f"{source}: row {row + 1}")
+
+    def data_report(self) -> dict:
+        converted = getattr(self, "iob1_converted", 0)
+        return {"iob1_tags_converted": converted} if converted else {}
 
     def model_kwargs(self) -> dict:
         return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
@@ -127,6 +149,11 @@ class NER(Task):
     def validate_config(cls, cfg) -> None:
         if "model" in cfg and cfg.model.crf:
             require(cfg.model.crf_lr_scale > 0, "model.crf_lr_scale", "must be > 0")
+            labels = [str(t) for t in cfg.data.labels or []]
+            for tag in labels:  # the CRF starts an X entity only at B-X
+                require(not tag.startswith("I-") or "B-" + tag[2:] in labels, "data.labels",
+                        f"{tag} without B-{tag[2:]}: the CRF (model.crf) can start a {tag[2:]} entity only with "
+                        f"B-{tag[2:]}; add it")
             require("hardware" not in cfg or cfg.hardware.zero_stage < 3, "model.crf",
                     "does not run under ZeRO-3 yet; use zero_stage<=2")
 
@@ -176,6 +203,11 @@ class NER(Task):
                 record["label"] = [self.labels[t] for t in row["tag_ids"]]
             out.append(record)
         return out
+
+
+def check_words(value, column: str, where: str) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) and x.strip() for x in value):
+        raise UserError(f"{where}: '{column}' must be a non-empty list of non-empty strings (got {str(value)[:60]!r})")
 
 
 def first_subword_labels(word_ids: list, tags: list[int]) -> list[int]:

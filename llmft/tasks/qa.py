@@ -14,13 +14,14 @@ import re
 import string
 
 from llmft.core.errors import UserError, require
-from llmft.tasks.base import Task
+from llmft.tasks.base import Task, check_texts
 
 
 class QA(Task):
     name = "qa"
     auto_model = "AutoModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"
+    loss_kind = "span"  # one loss per window
     primary_metric = "f1"
     file_layouts = {".json": "squad"}  # a .json file is SQuAD's nested JSON (.jsonl: one row a line)
 
@@ -39,17 +40,40 @@ class QA(Task):
         return ["question", "context", "answers"]
 
     def encode(self, dataset, source: str, is_train: bool):
+        self.check_inputs(dataset, source)
         for i, row in enumerate(dataset):
-            texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
+            where = f"{source}: record {row.get('id', i + 1)}"
+            answers = row["answers"]
+            if not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
+                    and isinstance(answers.get("answer_start"), list)):
+                raise UserError(f"{where}: answers must be {{\"text\": [...], \"answer_start\": [...]}} "
+                                f"(got {str(answers)[:60]!r})")
+            texts, starts = answers["text"], answers["answer_start"]
+            if len(texts) != len(starts):
+                raise UserError(f"{where}: {len(texts)} answer texts but {len(starts)} answer_start offsets")
             if is_train and not texts:
-                raise UserError(f"{source}: record {row.get('id', i + 1)}: no answer to train on")
+                raise UserError(f"{where}: no answer to train on")
             for text, start in zip(texts, starts):
-                if row["context"][start:start + len(text)] != text:
-                    raise UserError(f"{source}: record {row.get('id', i + 1)}: answer {text!r} is not at "
-                                    f"offset {start} of its context")
+                if not isinstance(start, int) or isinstance(start, bool):
+                    raise UserError(f"{where}: answer_start {start!r} is not a whole number (a character offset "
+                                    f"into the context: 12, not \"12\")")
+                if not isinstance(text, str) or not text.strip():
+                    raise UserError(f"{where}: an answer text is empty (got {text!r})")
+                if start < 0 or row["context"][start:start + len(text)] != text:
+                    raise UserError(f"{where}: answer {text!r} is not at offset {start} of its context")
         if "id" not in dataset.column_names:
             dataset = dataset.add_column("id", [str(i) for i in range(len(dataset))])
         return dataset
+
+    def check_inputs(self, dataset, source: str) -> None:
+        """Question and context are text; ids, when given, are unique (predictions are keyed by id)."""
+        seen = set()
+        for i, row_id in enumerate(dataset["id"] if "id" in dataset.column_names else []):
+            if row_id is None or row_id in seen:
+                raise UserError(f"{source}: row {i + 1}: " + ("the id is empty" if row_id is None else
+                                f"id {row_id!r} is given more than once; each question needs its own id"))
+            seen.add(row_id)
+        check_texts(dataset, source, self.input_columns())
 
     def tokenize(self, dataset, tokenizer):
         d = self.data_cfg

@@ -5,16 +5,18 @@ Loss on the target; evaluation: loss, then generation for the eval sources score
 """
 from __future__ import annotations
 
-from llmft.core.errors import UserError
 from llmft.models.generation import generate, generation_metrics
-from llmft.tasks.base import Task
+from llmft.tasks.base import Task, check_texts
 
 
 class Seq2Seq(Task):
     name = "seq2seq"
     auto_model = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
+    loss_kind = "token"  # the decoder's logits line up with the labels
     primary_metric = "rougeL"
+    input_column_keys = ("source_column",)
+    answer_column_key = "target_column"
 
     def input_columns(self) -> list[str]:
         return [self.data_cfg.source_column]
@@ -23,11 +25,7 @@ class Seq2Seq(Task):
         return [self.data_cfg.source_column, self.data_cfg.target_column]
 
     def encode(self, dataset, source: str, is_train: bool):
-        d = self.data_cfg
-        for column in (d.source_column, d.target_column):
-            empty = next((i for i, t in enumerate(dataset[column]) if not t), None)
-            if empty is not None:
-                raise UserError(f"{source}: row {empty + 1}: column '{column}' is empty")
+        check_texts(dataset, source, self.required_columns())
         return dataset
 
     def tokenize(self, dataset, tokenizer):

@@ -15,7 +15,7 @@ import math
 
 from llmft.core.errors import UserError, require
 from llmft.models.generation import generate, generation_metrics
-from llmft.tasks.base import Task
+from llmft.tasks.base import Task, check_texts
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -28,8 +28,11 @@ class SFT(Task):
     logits = "causal"
     aux_kinds = ("lm",)
     loss_counts_tokens = True
+    loss_kind = "causal"
     peft_task_type = "CAUSAL_LM"
     primary_metric = "rougeL"
+    input_column_keys = ("prompt_column",)
+    answer_column_key = "response_column"
 
     @classmethod
     def validate_config(cls, cfg) -> None:
@@ -44,6 +47,18 @@ class SFT(Task):
 
     def input_columns(self) -> list[str]:
         return []  # a messages column or a prompt column: see prompts()
+
+    def check_inputs(self, dataset, source: str) -> None:
+        d = self.data_cfg
+        if d.messages_column in dataset.column_names:
+            for row, messages in enumerate(dataset[d.messages_column]):
+                ok = isinstance(messages, list) and messages and all(
+                    isinstance(m, dict) and m.get("role") and isinstance(m.get("content"), str) for m in messages)
+                if not ok:
+                    raise UserError(f"{source}: row {row + 1}: '{d.messages_column}' must be a list of "
+                                    f"{{role, content}} with text content")
+        elif d.prompt_column in dataset.column_names:
+            check_texts(dataset, source, [d.prompt_column])
 
     def required_columns(self) -> list[str]:
         return []  # either layout is accepted; encode checks which one is there
@@ -60,9 +75,8 @@ class SFT(Task):
         elif d.prompt_column in columns and d.response_column in columns:
             system = [{"role": "system", "content": d.system_prompt}] if d.system_prompt else []
             chats = []
+            check_texts(dataset, source, [d.prompt_column, d.response_column])
             for row, (prompt, response) in enumerate(zip(dataset[d.prompt_column], dataset[d.response_column])):
-                if not prompt or not response:
-                    raise UserError(f"{source}: row {row + 1}: empty '{d.prompt_column}' or '{d.response_column}'")
                 chats.append([*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
         else:
             raise UserError(f"{source}: needs a '{d.messages_column}' column (data.messages_column) or "
@@ -76,6 +90,8 @@ class SFT(Task):
         if not ok or messages[-1]["role"] != "assistant":
             raise UserError(f"{source}: row {row + 1}: messages must be a list of {{role, content}} ending "
                             f"with the assistant's turn")
+        if not messages[-1]["content"].strip():  # nothing to learn, as an empty 'response' would be
+            raise UserError(f"{source}: row {row + 1}: the assistant's turn (the target) is empty")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
 
     def tokenize(self, dataset, tokenizer):

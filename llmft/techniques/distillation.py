@@ -17,6 +17,8 @@ from llmft.tasks import tasks_that
 def validate(cfg, task, strategy) -> None:
     d = cfg.train.distill
     if not d.teacher:
+        require(d.student_layers == 0, "train.distill.student_layers",
+                "builds a student from a teacher's blocks: add train.distill.teacher=RUN/model (or use llmft distill)")
         return
     require(task.logits is not None, "train.distill.teacher",
             f"distillation covers {tasks_that(lambda t: t.logits is not None)} (got data.task={cfg.data.task})")

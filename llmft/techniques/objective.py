@@ -41,6 +41,9 @@ def validate(cfg, task, strategy) -> None:
                 f"must be none, balanced or a list of weights, one per label (got {cw})")
         require(all(isinstance(w, (int, float)) and w >= 0 for w in cw), "train.class_weights",
                 "weights must be numbers >= 0")
+        require(any(w > 0 for w in cw), "train.class_weights",
+                f"all weights are 0 (got {list(cw)}): the loss would be 0 and nothing would train; give each "
+                "label a weight > 0")
     require(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
 
 
