@@ -74,7 +74,7 @@ def save_model(trainer, strategy, tokenizer, model_dir: Path, meta: dict) -> Non
     last, every file flushed to disk first): a model/ that exists is complete, and no file of an
     earlier model survives in it. What model/ held before is deleted only when it is this config's
     earlier save; anything else is moved to replaced/<time>/."""
-    from llmft.runtime.run_dir import fsync_dir, fsync_tree
+    from llmft.runtime.ownership import fsync_dir, fsync_tree
 
     tmp = model_dir.with_name(f".{model_dir.name}.tmp")
     if trainer.is_world_process_zero():

@@ -173,12 +173,6 @@ def interrupt_at(cmd: list[str], run_dir: Path, moment: str, rng: random.Random,
     return seen, proc.returncode, log.read_text()
 
 
-def trained(run_dir: Path) -> bool:
-    """A training step is logged (start-up is over)."""
-    metrics = run_dir / "metrics.jsonl"
-    return metrics.is_file() and bool(metrics.read_text().strip())
-
-
 def stop_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("llmft: stopped by")]
 

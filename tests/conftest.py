@@ -315,3 +315,36 @@ def prompt_args(model, data, run_dir, *extra, words=WORDS):
     return ["model=hf", f"model.name_or_path={model}", "data=csv", f"data.train_file={data[0]}",
             f"data.eval_file={data[1]}", "data.prompt.template='{text}'", f"data.prompt.verbalizer={verbalizer}",
             "print_config=false", f"hydra.run.dir={run_dir}", *extra]
+
+
+# ------------------------------------------------ a model folder that ships code of its own
+CUSTOM_CODE = '''
+from pathlib import Path
+
+Path({sentinel!r}).write_text("ran")  # what code shipped with a model could do on import
+
+from transformers import BertConfig, BertForSequenceClassification
+
+
+class SentinelConfig(BertConfig):
+    model_type = {model_type!r}
+
+
+class SentinelForSequenceClassification(BertForSequenceClassification):
+    config_class = SentinelConfig
+'''
+
+
+def custom_code_model(source: Path, folder: Path, sentinel: Path, model_type: str = "llmft-sentinel") -> Path:
+    """A copy of ``source`` whose config.json maps the Auto classes to a module of its own, which
+    writes ``sentinel`` when it is imported (proof that the folder's code ran)."""
+    import shutil
+
+    shutil.copytree(source, folder)
+    (folder / "sentinel_model.py").write_text(CUSTOM_CODE.format(sentinel=str(sentinel), model_type=model_type))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, auto_map={
+        "AutoConfig": "sentinel_model.SentinelConfig",
+        "AutoModelForSequenceClassification": "sentinel_model.SentinelForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder

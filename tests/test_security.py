@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli, tiny_train_args
+from conftest import assert_user_error, custom_code_model, run_cli, tiny_train_args
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -186,32 +186,9 @@ def test_no_unsafe_torch_load_in_llmft():
 
 
 # ------------------------------------------------------------------ 3. nothing trusted by default
-CUSTOM_CODE = '''
-from pathlib import Path
-
-Path({sentinel!r}).write_text("ran")  # what code shipped with a model could do on import
-
-from transformers import BertConfig, BertForSequenceClassification
-
-
-class SentinelConfig(BertConfig):
-    model_type = "llmft-sentinel"
-
-
-class SentinelForSequenceClassification(BertForSequenceClassification):
-    config_class = SentinelConfig
-'''
-
-
 def custom_code_copy(trained: Path, folder: Path, sentinel: Path, trusted_in_meta: bool) -> Path:
     """A copy of a trained model/ whose config.json maps the Auto classes to a module of its own."""
-    shutil.copytree(trained, folder)
-    (folder / "sentinel_model.py").write_text(CUSTOM_CODE.format(sentinel=str(sentinel)))
-    config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="llmft-sentinel", auto_map={
-        "AutoConfig": "sentinel_model.SentinelConfig",
-        "AutoModelForSequenceClassification": "sentinel_model.SentinelForSequenceClassification"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    custom_code_model(trained, folder, sentinel)
     meta = json.loads((folder / "llmft.json").read_text())
     (folder / "llmft.json").write_text(json.dumps({**meta, "trust_remote_code": trusted_in_meta}))
     return folder

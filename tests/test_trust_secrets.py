@@ -4,39 +4,14 @@ refused, and one read from the environment is written nowhere in the run folder.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import assert_user_error, cli_env, run_cli, tiny_train_args
-
-CUSTOM_CODE = '''
-from pathlib import Path
-
-Path({sentinel!r}).write_text("ran")  # what code shipped with a model could do on import
-
-from transformers import BertConfig, BertForSequenceClassification
-
-
-class SentinelConfig(BertConfig):
-    model_type = "llmft-sentinel-train"
-
-
-class SentinelForSequenceClassification(BertForSequenceClassification):
-    config_class = SentinelConfig
-'''
-
+from conftest import custom_code_model as shared_custom_code_model
 
 def custom_code_model(tiny_bert: Path, folder: Path, sentinel: Path) -> Path:
-    """A copy of tiny BERT whose config.json maps the Auto classes to a module of its own."""
-    shutil.copytree(tiny_bert, folder)
-    (folder / "sentinel_model.py").write_text(CUSTOM_CODE.format(sentinel=str(sentinel)))
-    config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="llmft-sentinel-train", auto_map={
-        "AutoConfig": "sentinel_model.SentinelConfig",
-        "AutoModelForSequenceClassification": "sentinel_model.SentinelForSequenceClassification"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    return shared_custom_code_model(tiny_bert, folder, sentinel, model_type="llmft-sentinel-train")
 
 
 def shared_configs(root: Path) -> Path:

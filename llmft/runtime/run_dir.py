@@ -39,8 +39,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llmft.core.errors import UserError
-from llmft.runtime.preemption import PREEMPTION, requeue_slurm_job  # noqa: F401 (its old home)
-from llmft.runtime.ownership import atomic_write, fsync_dir, fsync_tree  # noqa: F401 (used here and by artifacts.py)
+from llmft.runtime.preemption import PREEMPTION
+from llmft.runtime.ownership import atomic_write, fsync_tree
 
 log = logging.getLogger(__name__)
 
