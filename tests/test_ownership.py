@@ -173,7 +173,7 @@ def test_atomic_writes_flush_the_file_and_its_folder(tmp_path, monkeypatch):
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    run_dir._atomic_write(tmp_path / "results.json", "{}\n")
+    run_dir.atomic_write(tmp_path / "results.json", "{}\n")
     assert synced[:2] == [False, True]  # the file, then its folder
 
 

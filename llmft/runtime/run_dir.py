@@ -114,10 +114,10 @@ class RunDir:
                 lines = self.metrics_file.read_text().split("\n")
                 kept = "".join(line + "\n" for line in lines
                                if line.strip() and json.loads(line).get("step", 0) <= resume_step)
-            _atomic_write(self.metrics_file, kept)
-        _atomic_write(self.path / "config.yaml", to_yaml(cfg))
+            atomic_write(self.metrics_file, kept)
+        atomic_write(self.path / "config.yaml", to_yaml(cfg))
         if deepspeed is not None:
-            _atomic_write(self.path / "deepspeed.json", json.dumps(deepspeed, indent=2) + "\n")
+            atomic_write(self.path / "deepspeed.json", json.dumps(deepspeed, indent=2) + "\n")
 
     def resume_checkpoint(self, resume: str, ident: dict, world_size: int, zero_stage: int) -> Path | None:
         """The checkpoint ``train.resume`` names (auto: the newest complete one; never: none). Only
@@ -234,19 +234,19 @@ class RunDir:
 
     def write_predictions(self, records: list[dict]) -> None:
         lines = "".join(dumps(r) + "\n" for r in records)
-        _atomic_write(self.path / "predictions.jsonl", lines)
+        atomic_write(self.path / "predictions.jsonl", lines)
 
     def write_results(self, results: dict) -> None:
         """The last write of a run. Also drops the Trainer's output folder if nothing was saved there."""
         if self.checkpoints.is_dir() and not any(self.checkpoints.iterdir()):
             self.checkpoints.rmdir()
-        _atomic_write(self.results_file, dumps(results, indent=2) + "\n")
+        atomic_write(self.results_file, dumps(results, indent=2) + "\n")
 
     def write_failure(self, reason: str, **details) -> None:
         """results.json of a run that stopped on an error it diagnosed (status "failed", never read
         as complete)."""
         record = {"status": "failed", "reason": reason, "fingerprint": self.fingerprint, **details}
-        _atomic_write(self.results_file, dumps(record, indent=2) + "\n")
+        atomic_write(self.results_file, dumps(record, indent=2) + "\n")
 
     def callbacks(self, ident: dict, zero_stage: int) -> list:
         return [MetricsLog(self.metrics_file), MarkCompleteCheckpoints(ident, zero_stage)]
@@ -310,7 +310,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 fsync_tree(folder)  # on disk before the marker says it is complete
-                _atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size}))
+                atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size}))
                 prune_checkpoints(folder.parent, args.save_total_limit, state.best_model_checkpoint)
 
 
@@ -458,7 +458,3 @@ def finite_json(value):
 def dumps(value, **kwargs) -> str:
     """Strict JSON for everything a run writes (allow_nan=False after finite_json)."""
     return json.dumps(finite_json(value), allow_nan=False, ensure_ascii=False, **kwargs)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write(path, text)
