@@ -167,10 +167,11 @@ def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None,
     require_trust(meta, trust_remote_code, f"model_dir={model_dir}", model_dir)
     check_weights(Path(model_dir), f"model_dir={model_dir}")  # an adapter's too (its base is checked on load)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
-    if meta.get("format") == "int8":  # llmft export format=int8
-        from llmft.models.precision import load_int8
+    from llmft.models.formats import of_saved
 
-        model = load_int8(model_dir)
+    exported = of_saved(meta)
+    if exported is not None and not exported.hf_folder and exported.backend == "torch":  # e.g. format=int8
+        model = exported.load(model_dir, task, tokenizer, trust_remote_code)
     else:
         placement = {"device_map": device_map} if device_map else {}
         model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer,

@@ -7,7 +7,7 @@ Both sides run the same model over the same rendered prompts (the tweets with th
 config's template) in the same batches. The plain side is what a hand-written loop does:
 ``model(**batch).logits`` over the whole vocabulary at every position, then reads the label
 words at the last real token. llmft's side scores every label from one forward pass with
-``logits_to_keep=1`` on left-padded batches (see llmft/prompting.py). Warm-up batches are
+``logits_to_keep=1`` on left-padded batches (see llmft/models/prompting.py). Warm-up batches are
 excluded from both. Prints examples/s of each and the ratio; both must agree on the labels.
 """
 from __future__ import annotations

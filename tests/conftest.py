@@ -22,6 +22,25 @@ REPO = Path(__file__).resolve().parent.parent
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slurm", action="store_true",
+                     help="also run the SLURM tests (scripts/slurm_local.sh apt-installs and starts a cluster; root)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/unit is the fast tier; every other test runs the CLI end to end (marker e2e). SLURM
+    tests install system packages, so they run only when asked for."""
+    skip_slurm = pytest.mark.skip(reason="installs and starts a local SLURM cluster: run with --slurm to include")
+    for item in items:
+        if UNIT not in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+        if "slurm" in item.keywords and not config.getoption("--slurm"):
+            item.add_marker(skip_slurm)
+
+
 LABELS = ["negative", "neutral", "positive"]
 _WORDS = {
     "negative": ["awful", "bad", "hate", "terrible", "worst", "angry"],
@@ -244,6 +263,29 @@ def tiny_train_args(model: Path, data: dict, run_dir: Path, *extra: str) -> list
         "train.epochs=2", "train.batch_size=8", "train.lr=5e-3", "train.logging_steps=2",
         "print_config=false", f"hydra.run.dir={run_dir}", *extra,
     ]
+
+
+def snapshot(folder: Path) -> dict:
+    """relative path -> sha256 of every file under ``folder``."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def trained_bert(tmp_path_factory, tiny_bert, tiny_data) -> Path:
+    """One finished training run of tiny BERT (its run folder), trained once per worker and shared
+    by the tests that only read a trained model: 3 epochs, so its logits are not all alike. Read
+    only: a test that writes into it copies it first (checked when the session ends)."""
+    run_dir = tmp_path_factory.mktemp("trained-bert") / "run"
+    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.epochs=3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = snapshot(run_dir)
+    yield run_dir
+    after = snapshot(run_dir)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared trained_bert run folder (copy it first): {changed}"
 
 
 def assert_user_error(proc, *expected: str) -> None:

@@ -51,6 +51,10 @@ def validate(cfg, command: str = "train") -> None:
     if missing:
         raise UserError(f"{missing[0]} is required: add {missing[0]}=VALUE to the command line")
     check_choices(cfg)
+    if command == "export":  # a choice too, of models/formats.py's entries (core's schema cannot import them)
+        from llmft.models.formats import get as export_format
+
+        export_format(cfg.format)
     require(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32) (numpy's seed range; got {cfg.seed})")
     if "train" in cfg:
         validate_train(cfg.train)

@@ -1,10 +1,11 @@
 """``llmft bench-infer model_dir=RUN/model``: the inference variants of one trained model, measured
 in one run on the same eval split against the fp32 original.
 
-    model_dir -> fp32 model (adapters merged) -> each variant (bf16, fp16, int8: llmft/precision.py;
-        onnx, onnx-int8: exported by llmft export's code into a temp folder, run by ONNX Runtime with
-        torch's thread count: llmft/models/onnx.py) and each student model -> size on disk, task metrics, latency p50/p95 at batch 1,
-        throughput at batch_size -> table (printed), inference_report.md, results.json
+    model_dir -> fp32 model (adapters merged) -> each variant (an export format that bench-infer can
+        time, converted by its entry in llmft/models/formats.py into a temp folder; ONNX ones run by
+        ONNX Runtime with torch's thread count) and each student model -> size on disk, task metrics,
+        latency p50/p95 at batch 1, throughput at batch_size -> table (printed), inference_report.md,
+        results.json
 
 Every variant sees the same tokenized examples in the same order; timings exclude warm-up.
 """
@@ -25,7 +26,8 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.data.files import load_splits
     from llmft.runtime.display import console
     from llmft.artifacts import load_saved, read_metadata
-    from llmft.models.precision import save_variant, size_on_disk, to_variant
+    from llmft.models import formats
+    from llmft.models.precision import size_on_disk, to_variant
     from llmft.artifacts import plain_model
     from llmft.tasks import TASKS, tasks_that
 
@@ -48,20 +50,19 @@ def main(cfg, run_path: str | Path) -> dict:
     features = [eval_set[i] for i in range(len(eval_set))]
 
     example = {k: v for k, v in collate([dict(f) for f in features[:8]]).items() if k not in ("labels", "word_start")}
-    candidates = [(v, lambda folder, v=v: onnx_variant(reference, example, v, folder) if v.startswith("onnx")
-                   else to_variant(reference, v)) for v in cfg.variants]
+    # each candidate: folder -> the model to time, its weights saved into folder (for the size)
+    candidates = [(v, lambda folder, v=v: formats.FORMATS[v].convert(reference, example, folder)
+                   if v != formats.REFERENCE else saved(to_variant(reference, v), folder)) for v in cfg.variants]
     for student in cfg.students:
         student_meta = read_metadata(Path(student))
         candidates.append((f"student ({Path(student).resolve().parent.name})",
-                           lambda folder, s=student, m=student_meta: plain_model(
-                               load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0])))
+                           lambda folder, s=student, m=student_meta: saved(plain_model(
+                               load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0]), folder)))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in candidates:
             folder = Path(tmp) / name.replace(" ", "_")
             variant = make(folder).eval()
-            if not name.startswith("onnx"):  # (an ONNX variant is run from the folder it was exported to)
-                save_variant(variant, name if name in ("int8",) else "fp32", folder)
             row = {"variant": name, "size_mb": round(size_on_disk(folder) / 2**20, 2)}
             row.update(measure(variant, task, features, collate, cfg))
             rows.append(row)
@@ -87,12 +88,12 @@ def main(cfg, run_path: str | Path) -> dict:
     return results
 
 
-def onnx_variant(reference, example: dict, fmt: str, folder: Path):
-    """The fp32 model exported as llmft export does it, loaded in ONNX Runtime."""
-    from llmft.models.onnx import OnnxModel, save_onnx
+def saved(model, folder: Path):
+    """``model``, its weights saved into ``folder`` as they are."""
+    from llmft.models.precision import save_variant
 
-    save_onnx(reference, example, fmt, folder)
-    return OnnxModel(folder)
+    save_variant(model, "fp32", folder)
+    return model
 
 
 def measure(model, task, features, collate, cfg) -> dict:
@@ -156,15 +157,17 @@ def render(rows: list[dict], primary: str, metric_names) -> str:
 def validate(cfg) -> None:
     """llmft bench-infer's own knobs (torch-free)."""
     from llmft.core.errors import require, require_one_of
+    from llmft.models import formats
 
     for variant in cfg.variants:
-        require_one_of("variants", variant, ("fp32", "bf16", "fp16", "int8", "onnx", "onnx-int8"))
-    if any(str(v).startswith("onnx") for v in cfg.variants):
-        from llmft.commands.export import ONNX_TASKS
-        from llmft.models.onnx import require_onnxruntime
-
-        require(cfg.data.task in ONNX_TASKS, "variants", f"onnx and onnx-int8 run {' and '.join(ONNX_TASKS)} models "
-                f"(this one is data.task={cfg.data.task})")
-        require_onnxruntime("variants=[onnx...]")
+        require_one_of("variants", variant, formats.timed())
+    entries = [formats.FORMATS[v] for v in cfg.variants if v != formats.REFERENCE]
+    for entry in entries:
+        if entry.tasks is not None:
+            require(cfg.data.task in entry.tasks, "variants", f"{' and '.join(formats.same_tasks(entry))} run "
+                    f"{' and '.join(entry.tasks)} models (this one is data.task={cfg.data.task})")
+    for entry in entries:
+        if entry.requires is not None:
+            entry.requires(f"variants=[{entry.name}...]")
     for key in ("latency_examples", "throughput_examples", "batch_size"):
         require(cfg[key] >= 1, key, f"must be >= 1 (got {cfg[key]})")

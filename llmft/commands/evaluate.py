@@ -17,6 +17,7 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.strategies import strategy_class
     from llmft.tasks import TASKS
     from llmft.runtime.distributed import memory_figures
+    from llmft.runtime.results import completed
     from llmft.runtime.trainer import build_trainer, eval_arguments
 
     started = time.perf_counter()
@@ -36,21 +37,21 @@ def main(cfg, run_path: str | Path) -> dict:
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)
     metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
     baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
-    results = {
-        "status": "completed",
-        "run_dir": str(run.path),
-        "model_dir": str(model_dir.resolve()),
-        "task": task.name,
-        "data": cfg.data.name,
-        "strategy": meta.get("strategy"),
-        "primary_metric": task.primary_metric,
-        "num_eval_examples": len(eval_set),
-        "eval": metrics,
-        "baseline": baseline,
-        "warnings": task.warnings(metrics, baseline, records),
-        "memory": memory_figures(),
-        "wall_time_s": round(time.perf_counter() - started, 1),
-    }
+    results = completed(
+        "eval",
+        run_dir=str(run.path),
+        model_dir=str(model_dir.resolve()),
+        task=task.name,
+        data=cfg.data.name,
+        strategy=meta.get("strategy"),
+        primary_metric=task.primary_metric,
+        num_eval_examples=len(eval_set),
+        eval=metrics,
+        baseline=baseline,
+        warnings=task.warnings(metrics, baseline, records),
+        memory=memory_figures(),
+        wall_time_s=round(time.perf_counter() - started, 1),
+    )
     run.write_predictions(records)
     run.write_results(results)
     print_results(results)

@@ -1,10 +1,5 @@
-"""``llmft export model_dir=RUN/model [format=merged|bf16|fp16|int8]``: a model ready to serve.
-
-    merged (default)  a LoRA / DoRA / IA3 adapter merged into its base, saved as a plain HF model
-    bf16, fp16        the model (adapters merged first) in half precision, a plain HF folder
-    int8              dynamic int8 quantization of the linear layers, in safetensors (llmft/precision.py)
-    onnx, onnx-int8   model.onnx for ONNX Runtime: fp32, or int8 by its quantizer (llmft/models/onnx.py);
-                      classification and NER (without a CRF) models
+"""``llmft export model_dir=RUN/model [format=NAME]``: a model ready to serve. The formats (merged,
+the default, bf16, int8, onnx, ...), their tolerances and the tasks each exports: llmft/models/formats.py.
 
     output_dir checked (before anything loads) -> model_dir/llmft.json -> the saved model -> logits
         on a few eval inputs -> convert -> save into a temp folder beside output_dir -> reload it
@@ -32,10 +27,6 @@ from llmft.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# max |logit - source logit| / max(1, max |source logit|) allowed per format
-# (onnx: the same fp32 math in other kernels, measured ~1e-7; onnx-int8: int8 weights like int8)
-TOLERANCES = {"merged": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 1e-1, "onnx": 1e-4, "onnx-int8": 1e-1}
-ONNX_TASKS = ("classification", "ner")  # sequence and token logits: what ONNX Runtime runs here
 MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it replaces
 
 
@@ -43,13 +34,15 @@ def main(cfg, run_path: str | Path) -> dict:
     from llmft.data.files import load_splits
     from llmft.artifacts import load_saved, read_metadata
     from llmft.strategies import strategy_class
+    from llmft.models import formats
     from llmft.tasks import TASKS
 
     model_dir = Path(cfg.model_dir)
     meta = read_metadata(model_dir)
     fmt = cfg.format
-    tolerance = cfg.tolerance if cfg.tolerance is not None else TOLERANCES[fmt]
-    if fmt == "merged" and not strategy_class(meta.get("strategy", "full")).mergeable:
+    entry = formats.get(fmt)
+    tolerance = formats.tolerance(fmt, cfg.tolerance)
+    if entry.merges and not strategy_class(meta.get("strategy", "full")).mergeable:
         raise UserError(f"model_dir={model_dir}: a '{meta.get('strategy')}' model; merging applies to "
                         f"{', '.join(mergeable())} adapters (full models are already plain HF folders; "
                         f"format=bf16|fp16|int8 converts them)")
@@ -67,16 +60,15 @@ def main(cfg, run_path: str | Path) -> dict:
              if k not in ("labels", "word_start")}
 
     with staging(out) as tmp:
-        if fmt == "merged":
-            record, message = merge(model, tokenizer, batch, task, tolerance, cfg.trust_remote_code, tmp)
+        if meta.get("crf") and not entry.crf:
+            raise UserError(f"model_dir={model_dir}: a NER model with a CRF (model.crf=true); format={fmt} "
+                            f"exports token logits without the CRF's decoding: use format=int8 or bf16")
+        if entry.merges:
+            record, message = merge(entry, model, tokenizer, batch, task, tolerance, cfg.trust_remote_code, tmp)
             record["meta"]["merged_from"] = meta["strategy"]
-        elif fmt.startswith("onnx"):
-            if meta.get("crf"):
-                raise UserError(f"model_dir={model_dir}: a NER model with a CRF (model.crf=true); format={fmt} "
-                                f"exports token logits without the CRF's decoding: use format=int8 or bf16")
-            record, message = convert_onnx(fmt, tolerance, model, tokenizer, batch, meta, model_dir, tmp)
         else:
-            record, message = convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir, tmp)
+            record, message = convert(entry, tolerance, model, tokenizer, batch, task, meta, model_dir, tmp,
+                                      cfg.trust_remote_code)
         finish(tmp, model_dir, {**meta, "strategy": "full", **record["meta"]}, fmt)
         publish(tmp, out)
     from llmft.runtime.display import console
@@ -247,21 +239,18 @@ def _older_export(folder: Path) -> bool:
         and not (folder / "results.json").exists()
 
 
-# ------------------------------------------------------------------ the formats
-def merge(model, tokenizer, batch, task, tolerance, trust_remote_code: bool, tmp: Path) -> tuple[dict, str]:
+# ------------------------------------------------------------------ the checks (formats: models/formats.py)
+def merge(entry, model, tokenizer, batch, task, tolerance, trust_remote_code: bool, tmp: Path) -> tuple[dict, str]:
     """An adapter merged into its base, saved to ``tmp``, reloaded, compared with the adapter."""
     import torch
-
-    from llmft.models.loading import load_model
 
     with torch.no_grad():
         adapter_logits = model(**batch).logits
         with model.disable_adapter():
             base_logits = model(**batch).logits
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(tmp))
+        entry.convert(model, batch, tmp)
         tokenizer.save_pretrained(str(tmp))
-        reloaded = load_model(str(tmp), task, tokenizer, trust_remote_code).eval()
+        reloaded = entry.load(tmp, task, tokenizer, trust_remote_code)
         merged_logits = reloaded(**batch).logits
 
     scale = max(1.0, adapter_logits.abs().max().item())
@@ -316,70 +305,51 @@ def compare(fmt: str, tolerance: float, reference, logits, **extra) -> dict:
     return check
 
 
-def convert(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
-    """bf16 / fp16 / int8: convert the fp32 model (adapters merged), save to ``tmp``, reload, compare."""
+def convert(entry, tolerance, model, tokenizer, batch, task, meta, model_dir: Path, tmp: Path,
+            trust_remote_code: bool = False) -> tuple[dict, str]:
+    """A conversion of the fp32 model (adapters merged): written to ``tmp`` by the format, loaded
+    back from there, its logits compared with the fp32 model's."""
     import torch
 
-    from llmft.models.precision import load_int8, save_variant, size_on_disk, to_variant
-
-    source = merged_source(model, fmt, meta, model_dir)
-    with torch.no_grad():
-        reference = source(**batch).logits.float()
-        save_variant(to_variant(source, fmt), fmt, tmp)
-        tokenizer.save_pretrained(str(tmp))
-        if fmt == "int8":
-            reloaded = load_int8(tmp)
-        else:
-            import transformers
-
-            reloaded = getattr(transformers, source.config.architectures[0]).from_pretrained(str(tmp)).eval()
-        logits = reloaded(**{k: v.to(reloaded.device) for k, v in batch.items()}).logits.float()
-    check = compare(fmt, tolerance, reference, logits,
-                    dtype=str(next(reloaded.parameters()).dtype) if fmt != "int8" else "qint8")
-    diff, agree = check["max_abs_diff_vs_fp32"], check["argmax_agreement"]
-    size = size_on_disk(tmp)
-    message = (f"{fmt} export: max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax agreement "
-               f"{agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB of weights")
-    return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
-            "check": check}, message
-
-
-def convert_onnx(fmt, tolerance, model, tokenizer, batch, meta, model_dir: Path, tmp: Path) -> tuple[dict, str]:
-    """onnx / onnx-int8: export the fp32 model (adapters merged) to ``tmp/model.onnx``, load it in
-    ONNX Runtime, compare its logits with the torch model's."""
-    import torch
-
-    from llmft.models.onnx import OnnxModel, save_onnx
     from llmft.models.precision import size_on_disk
 
+    fmt = entry.name
     source = merged_source(model, fmt, meta, model_dir)
     with torch.no_grad():
         reference = source(**batch).logits.float()
-    save_onnx(source, batch, fmt, tmp)
-    source.config.save_pretrained(str(tmp))
+    entry.convert(source, batch, tmp)
     tokenizer.save_pretrained(str(tmp))
-    logits = OnnxModel(tmp)(**batch).logits
-    check = compare(fmt, tolerance, reference, logits, runtime="onnxruntime",
-                    dtype="float32" if fmt == "onnx" else "qint8")
+    with torch.no_grad():
+        reloaded = entry.load(tmp, task, tokenizer, trust_remote_code)
+        device = getattr(reloaded, "device", None)  # (ONNX Runtime takes CPU tensors)
+        logits = reloaded(**{k: v.to(device) if device is not None else v for k, v in batch.items()}).logits.float()
+    runtime = {} if entry.backend == "torch" else {"runtime": entry.backend}
+    check = compare(fmt, tolerance, reference, logits, **runtime,
+                    dtype=entry.dtype or str(next(reloaded.parameters()).dtype))
     diff, agree = check["max_abs_diff_vs_fp32"], check["argmax_agreement"]
     size = size_on_disk(tmp)
-    message = (f"{fmt} export (ONNX Runtime): max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax "
-               f"agreement {agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB; predict with "
-               f"predict.backend=onnxruntime")
+    where = "" if entry.backend == "torch" else f" ({RUNTIMES.get(entry.backend, entry.backend)})"
+    served = " of weights" if entry.backend == "torch" else f"; predict with predict.backend={entry.backend}"
+    message = (f"{fmt} export{where}: max |dlogit| vs fp32 = {diff:.2e} (tolerance {tolerance:g}), argmax "
+               f"agreement {agree:.3f}: [bold green]OK[/]; {size / 2**20:.1f} MiB{served}")
     return {"meta": {"format": fmt, "export_check": check}, "result": {"format": fmt, "size_bytes": size},
             "check": check}, message
+
+
+RUNTIMES = {"onnxruntime": "ONNX Runtime"}  # predict.backend -> its name in messages
 
 
 def validate(cfg) -> None:
     """llmft export's own knobs (torch-free)."""
     from llmft.core.errors import require
+    from llmft.models import formats
 
-    if cfg.format.startswith("onnx"):
-        require(cfg.data.task in ONNX_TASKS, "format", f"{cfg.format} exports {' and '.join(ONNX_TASKS)} models "
-                f"(this one is data.task={cfg.data.task}); format=bf16|fp16|int8 converts the others")
-        from llmft.models.onnx import require_onnxruntime
-
-        require_onnxruntime(f"format={cfg.format}")
+    entry = formats.get(cfg.format)
+    if entry.tasks is not None:
+        require(cfg.data.task in entry.tasks, "format", f"{cfg.format} exports {' and '.join(entry.tasks)} models "
+                f"(this one is data.task={cfg.data.task}); format={'|'.join(formats.any_task())} converts the others")
+    if entry.requires is not None:
+        entry.requires(f"format={cfg.format}")
     require(cfg.check_examples >= 1, "check_examples", "must be >= 1 (the export is checked on them)")
     require(cfg.tolerance is None or cfg.tolerance > 0, "tolerance", "must be > 0 or null (the format's own)")
     if cfg.output_dir:

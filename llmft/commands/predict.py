@@ -34,14 +34,16 @@ def main(cfg, run_path: str | Path) -> dict:
     path = resolve_path(cfg.predict.input_file, key="predict.input_file")
     inputs = read_inputs(cfg, task)
 
+    from llmft.models.formats import backend_of, of_saved
+
     onnx = cfg.predict.backend == "onnxruntime"
-    if str(meta.get("format", "")).startswith("onnx") != onnx:
+    if (backend_of(meta) == "onnxruntime") != onnx:
         raise UserError(f"model_dir={model_dir}: " + ("an ONNX export: add predict.backend=onnxruntime" if not onnx
                         else "holds no ONNX export; make one with llmft export export.format=onnx (or onnx-int8)"))
     if onnx:
         from llmft.artifacts import require_trust
         from llmft.models.loading import load_tokenizer
-        from llmft.models.onnx import OnnxModel, OnnxPredictor
+        from llmft.models.onnx import OnnxPredictor
 
         require_trust(meta, cfg.trust_remote_code, f"model_dir={model_dir}", model_dir)
         tokenizer = load_tokenizer(str(model_dir), cfg.trust_remote_code)
@@ -53,7 +55,8 @@ def main(cfg, run_path: str | Path) -> dict:
         model = to_variant(model, cfg.predict.precision)
     inputs = strategy_class(meta.get("strategy", "full")).prepare_saved_data({"eval": inputs}, tokenizer, meta)["eval"]
     if onnx:
-        trainer = OnnxPredictor(OnnxModel(model_dir), tokenizer, task.collator(tokenizer), cfg.predict.batch_size)
+        exported = of_saved(meta).load(model_dir, task, tokenizer, cfg.trust_remote_code)
+        trainer = OnnxPredictor(exported, tokenizer, task.collator(tokenizer), cfg.predict.batch_size)
     else:
         args = eval_arguments(run.checkpoints, cfg.predict.batch_size, cfg.hardware, compile=cfg.predict.compile)
         trainer = build_trainer(args, model, tokenizer, task)

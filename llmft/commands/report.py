@@ -12,16 +12,17 @@ Writes DIR/report.md and DIR/report.png and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
+
+from llmft.runtime.layout import NOT_RUNS
 
 
 def find_runs(root: Path) -> list[Path]:
     found = {p.parent.parent for p in root.rglob(".hydra/config.yaml")} | {p.parent for p in root.rglob("results.json")}
     # a staged run's stages/ (self-training rounds, PET patterns) and set-aside replaced/ runs are not runs of their own
-    runs = [r for r in found if not {"model", "checkpoints", "stages", "replaced"} & set(r.relative_to(root).parts)]
+    runs = [r for r in found if not set(NOT_RUNS) & set(r.relative_to(root).parts)]
     return sorted(runs, key=lambda r: [int(p) if p.isdigit() else p for p in r.relative_to(root).parts])
 
 
@@ -52,25 +53,23 @@ def read_run(run: Path) -> dict:
 
 
 def _read_results(path: Path) -> tuple[dict | None, str | None]:
-    """A run's results.json; a cut-off or hand-edited one makes the run failed, with the reason."""
-    if not path.is_file():
-        return None, None
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None, "results.json does not read (cut off?); rerun the same command to redo it"
-    if not isinstance(results, dict):
-        return None, "results.json is not a JSON object; rerun the same command to redo it"
-    return results, None
+    """A run's results.json (runtime/results.py: this release's schema and the layout before it);
+    a cut-off, hand-edited or newer one makes the run failed, with the reason."""
+    from llmft.runtime.results import load
+
+    return load(path) if path.is_file() else (None, None)
 
 
 def _command(config: dict, results: dict | None) -> str:
     """Which command made the run: train (and distill), eval, or another (predict, export, ...),
     from its config's sections, else from what its results hold."""
-    if "train" in config or (results and "params" in results):
+    from llmft.runtime.results import kind_of
+
+    kind = kind_of(results) if results else None
+    if "train" in config or kind in ("train", "pet_ensemble"):
         return "train"
     if ("model_dir" in config and "predict" not in config and "format" not in config and "variants" not in config) \
-            or (results and "eval" in results and "model_dir" in results):
+            or kind == "eval":
         return "eval"
     return "other" if config or results else "train"
 

@@ -6,84 +6,124 @@
          -> retention report -> model/ (artifacts.py)
          -> evaluate on the held-out split (and validation) -> predictions.jsonl, results.json (last)
 
-Every optional technique is one line below: its constructor is a no-op when it is off. A staged
-technique (self-training rounds, PET's ensemble of patterns) runs this recipe once per stage
-(``run_once``), in RUN/stages/<name>/ and finally in RUN (techniques/unlabeled.py).
+The recipe fills in one run context (``Run``); the optional techniques (techniques/*.py) act at
+the points named ``techniques.at(...)`` below, each reading and setting fields of it, and do
+nothing there when they are off. A staged technique (self-training rounds, PET's ensemble of
+patterns) runs this recipe once per stage (``run_once``), in RUN/stages/<name>/ and finally in
+RUN (techniques/unlabeled.py).
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmft.artifacts import load_saved, model_metadata, save_model
-from llmft.core.errors import UserError
+from llmft.core.errors import NonFinite, UserError
 from llmft.data.files import load_splits
-from llmft.models.loading import count_parameters, load_backbone, load_backbone_tokenizer
+from llmft.models.loading import count_parameters, load_backbone, load_backbone_tokenizer, resolve_model_path
 from llmft.runtime.display import print_config, print_results
 from llmft.runtime.distributed import deepspeed_config, is_rank_zero, memory_figures, world_size
 from llmft.runtime import throughput
 from llmft.runtime.preemption import PREEMPTION
+from llmft.runtime.results import completed, run_identity
 from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerprint
-from llmft.runtime.trainer import NonFinite, build_trainer, finish_tracker, start_tracker, training_arguments
+from llmft.runtime.trainer import build_trainer, finish_tracker, start_tracker, training_arguments
 from llmft.strategies import build_strategy, strategy_class
 from llmft.tasks import build_task
-from llmft.techniques import (distillation, multitask, neftune, pet_ensemble, retention, sampling, self_training,
-                               unlabeled)
-from llmft.techniques.early_stopping import EarlyStopping
-from llmft.techniques.objective import from_config as objective_from_config
+from llmft import techniques
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One run of the recipe, filled in step by step: what ``train_model``, ``evaluate_run`` and
+    the techniques' hooks (techniques/__init__.py) read and set."""
+
+    cfg: Any
+    dir: RunDir  # the run folder
+    started: float = 0.0  # time.perf_counter() at the start: results.json's wall time
+    extra_train: Any = None  # rows a stage adds to the train split (pseudo-labels, soft labels)
+    callbacks: list = field(default_factory=list)  # the Trainer's: the caller's, then the techniques'
+    ident: dict | None = None  # what this config computes: checkpoints, model/ and results.json carry it
+    ds_config: dict | None = None  # DeepSpeed's, rendered from cfg.hardware; None: no DeepSpeed
+    resume_from: Path | None = None  # the checkpoint training resumes from
+    reevaluated: bool = False  # model/ of this config was complete: this run only evaluates it
+    report_to: list = field(default_factory=list)  # the tracker (rank 0 only)
+    task: Any = None
+    strategy: Any = None
+    splits: dict = field(default_factory=dict)  # rows per split
+    sets: dict = field(default_factory=dict)  # the eval and validation splits, tokenized
+    source: str | None = None  # the model the run trains from (a path)
+    tokenizer: Any = None
+    model: Any = None
+    param_groups: Any = None  # optimizer groups with their own learning-rate scale (None: the Trainer's)
+    train_set: Any = None  # the train split, tokenized (None: the strategy trains nothing)
+    objective: Any = None  # what training minimises beyond the model's own loss (None: that loss)
+    sampler: Any = None  # (global batch, seed) -> Sampler (None: the Trainer's random order)
+    eval_metric: str | None = None  # what the evaluations during training watch (None: there are none)
+    eval_set: Any = None  # what they score
+    compute_metrics: Any = None  # their metric function (None: the loss only)
+    trainer: Any = None  # its model is what gets evaluated
+    figures: dict | None = None  # the train figures of results.json (None: nothing trained)
+    record: dict = field(default_factory=dict)  # the training record model/llmft.json keeps
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
 
 def main(cfg, run_path: str | Path, callbacks=()) -> dict:
     """One run; or, for a staged technique (self-training rounds, PET's ensemble of patterns), its
     stages: each one a ``run_once`` in RUN/stages/<name>/, the last one in RUN itself."""
-    staged = self_training.plan(cfg) or pet_ensemble.plan(cfg)  # None: the technique is off
+    staged = techniques.staged(cfg)  # None: no technique runs this config in stages
     return staged(run_once, cfg, run_path, callbacks) if staged else run_once(cfg, run_path, callbacks)
 
 
 def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: dict | None = None) -> dict:
     """seed ... results.json for one model. ``extra_train``: rows a stage adds to the train split
     (pseudo-labels); ``report``: what the stages before this one did, for results.json."""
-    started = time.perf_counter()
+    run = Run(cfg, RunDir(run_path), started=time.perf_counter(), extra_train=extra_train, callbacks=[*callbacks])
     lead = is_rank_zero()  # rank 0 alone writes the run folder, logs and the tracker
-    run = RunDir(run_path)
-    ds_config = deepspeed_config(cfg)
-    ident = fingerprint(cfg)  # what this config computes: checkpoints, model/ and results.json carry it
-    resume_from = run.resume_checkpoint(cfg.train.resume, ident, world_size(cfg.hardware), cfg.hardware.zero_stage)
+    run.ds_config = deepspeed_config(cfg)
+    run.ident = fingerprint(cfg)
+    run.resume_from = run.dir.resume_checkpoint(cfg.train.resume, run.ident, world_size(cfg.hardware),
+                                                cfg.hardware.zero_stage)
     if lead:
-        run.set_aside_other_runs(cfg.train.resume, ident)
+        run.dir.set_aside_other_runs(cfg.train.resume, run.ident)
     # model/ of this very config is complete (killed while evaluating, or rerun as it was): evaluate it only
-    finished = run.complete_model(ident) if strategy_class(cfg.strategy.name).trains else None
+    finished = run.dir.complete_model(run.ident) if strategy_class(cfg.strategy.name).trains else None
+    run.reevaluated = finished is not None
     if lead:
-        run.start(cfg, step_of(resume_from), ds_config, keep_metrics=finished is not None,
-                  fingerprint=ident["fingerprint"])
+        run.dir.start(cfg, step_of(run.resume_from), run.ds_config, keep_metrics=run.reevaluated,
+                      fingerprint=run.ident["fingerprint"])
         if cfg.print_config:
             print_config(cfg)
 
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    task = build_task(cfg.data)
-    strategy = build_strategy(cfg, task)
-    splits = unlabeled.with_rows(load_splits(cfg.data, task), extra_train)  # bad data fails here
-    report_to = start_tracker(cfg, run.path) if lead else []
+    run.task = build_task(cfg.data)
+    run.strategy = build_strategy(cfg, run.task)
+    run.splits = load_splits(cfg.data, run.task)  # bad data fails here
+    techniques.at("splits", run)  # the unlabelled split set aside; a stage's rows join the train split
+    run.report_to = start_tracker(cfg, run.path) if lead else []
     results = None
     try:
         if finished is None:
-            trainer, record, splits, sets = train_model(cfg, run, task, strategy, splits, ds_config, report_to,
-                                                        resume_from, ident, [*callbacks])
+            train_model(run)
         else:
-            trainer, record, splits, sets = reload_finished(cfg, run, task, strategy, splits, finished)
+            reload_finished(run, finished)
         PREEMPTION.finishing("the final evaluation")  # SIGTERM/USR2 from here on: finish, then stop
-        results, records = evaluate_run(cfg, run, ident, task, strategy, trainer, splits, sets, record,
-                                        reevaluated=finished is not None, started=started)
+        results, records = evaluate_run(run)
         extra = dict(report or {})  # a staged run's stages; their warnings join the run's own
         results.update(extra, warnings=[*results["warnings"], *extra.pop("warnings", [])])
-        if trainer.is_world_process_zero():
-            run.write_predictions(records)
-            run.write_results(results)  # last: its presence means the run completed
+        if run.trainer.is_world_process_zero():
+            run.dir.write_predictions(records)
+            run.dir.write_results(results)  # last: its presence means the run completed
     finally:
         finish_tracker(results)
     if lead:
@@ -91,71 +131,71 @@ def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: 
     return results
 
 
-def train_model(cfg, run, task, strategy, splits, ds_config, report_to, resume_from, ident, callbacks) -> tuple:
+def train_model(run: Run) -> None:
     """Tokenizer -> model -> strategy -> techniques -> Trainer -> train -> model/ (written whole,
-    then renamed). Returns the Trainer (its model is what gets evaluated), the training record
-    model/llmft.json keeps, the prepared splits and their tokenized eval sets."""
-    source = distillation.model_path(cfg, task, run.path)  # model.name_or_path, or a student of the teacher
-    tokenizer = load_backbone_tokenizer(cfg.model, source)
-    splits = strategy.prepare_data(splits, tokenizer)  # prompts that cannot fit fail here, before the model loads
-    sets = tokenized(task, splits, tokenizer)
-    model = strategy.apply(load_backbone(cfg.model, task, strategy, tokenizer, source))
-    model, param_groups = task.wrap(model, strategy.param_groups(model), cfg.model)  # e.g. NER's CRF
-    train_set = task.tokenize(splits["train"], tokenizer) if strategy.trains else None
-    train_set = unlabeled.soft_labels(train_set, splits["train"])  # PET's final classifier: distributions
-    train_set, model, param_groups, aux = multitask.attach(cfg, task, tokenizer, train_set, model, param_groups)
-    params = count_parameters(model)
-    objective = objective_from_config(cfg, task, strategy, model, train_set, tokenizer)
-    stopping = EarlyStopping.from_config(cfg, task, splits)
+    then renamed). Fills in the run's Trainer (its model is what gets evaluated), the training
+    record model/llmft.json keeps, the prepared splits and their tokenized eval sets."""
+    cfg, task, strategy = run.cfg, run.task, run.strategy
+    techniques.at("source", run)  # e.g. a student built from the teacher's blocks
+    run.source = run.source or resolve_model_path(cfg.model.name_or_path)
+    run.tokenizer = load_backbone_tokenizer(cfg.model, run.source)
+    # prompts that cannot fit fail here, before the model loads
+    run.splits = strategy.prepare_data(run.splits, run.tokenizer)
+    run.sets = tokenized(task, run.splits, run.tokenizer)
+    model = strategy.apply(load_backbone(cfg.model, task, strategy, run.tokenizer, run.source))
+    run.model, run.param_groups = task.wrap(model, strategy.param_groups(model), cfg.model)  # e.g. NER's CRF
+    run.train_set = task.tokenize(run.splits["train"], run.tokenizer) if strategy.trains else None
+    techniques.at("train_set", run)  # PET's final classifier: distributions; data.aux mixed in, aux heads
+    params = count_parameters(run.model)
+    techniques.at("objective", run)  # focal / class-weighted loss, distillation, L2-SP
+    techniques.at("trainer", run)  # early stopping, NEFTune, the order examples are drawn in
     preemption = SaveOnPreemption()  # its signal handlers are set for the training loop only
-    args = training_arguments(cfg, run.checkpoints, report_to, ds_config, stopping.metric)
-    trainer = build_trainer(
-        args, model, tokenizer, task, train_set,
-        callbacks=[*strategy.callbacks(), *run.callbacks(ident, cfg.hardware.zero_stage), preemption, *callbacks,
-                   *stopping.callbacks, *neftune.callbacks(cfg)],
-        param_groups=param_groups, objective=objective, train_cfg=cfg.train,
-        sampler=sampling.train_sampler(cfg, train_set),
-        eval_dataset=stopping.eval_dataset(sets["validation"]), compute_metrics=stopping.compute_metrics(task),
+    args = training_arguments(cfg, run.dir.checkpoints, run.report_to, run.ds_config, run.eval_metric)
+    run.trainer = build_trainer(
+        args, run.model, run.tokenizer, task, run.train_set,
+        callbacks=[*strategy.callbacks(), *run.dir.callbacks(run.ident, cfg.hardware.zero_stage), preemption,
+                   *run.callbacks],
+        param_groups=run.param_groups, objective=run.objective, train_cfg=cfg.train, sampler=run.sampler,
+        eval_dataset=run.eval_set, compute_metrics=run.compute_metrics,
     )
-    figures = fit(trainer, strategy, run, resume_from, preemption, stopping)
-    if figures:
-        figures["group_by_length"] = sampling.grouped(cfg)
-    strategy.before_eval(trainer)
-    record = {"train": figures, "params": params, "aux": aux, "strategy_report": strategy.report(),
-              "retention": retention.report_for(cfg, task, strategy, trainer, tokenizer, sets["eval"], run.path,
-                                                source)}
-    save_model(trainer, strategy, tokenizer, run.model_dir,
-               meta=model_metadata(cfg, task, strategy, source, ident["fingerprint"], record))
-    return trainer, record, splits, sets
+    run.figures = fit(run, preemption)
+    strategy.before_eval(run.trainer)
+    run.record = {"train": run.figures, "params": params, **run.record, "strategy_report": strategy.report()}
+    techniques.at("trained", run)  # early stopping's and sampling's train figures, the retention report
+    save_model(run.trainer, strategy, run.tokenizer, run.dir.model_dir,
+               meta=model_metadata(cfg, task, strategy, run.source, run.ident["fingerprint"], run.record))
 
 
-def fit(trainer, strategy, run, resume_from, preemption, stopping) -> dict | None:
-    """trainer.train (from ``resume_from`` when set); the train figures of results.json. Weights
-    that went nan/inf fail the run; a preemption signal saves a checkpoint and stops it."""
-    if not strategy.trains:
+def fit(run: Run, preemption) -> dict | None:
+    """trainer.train (from ``run.resume_from`` when set); the train figures of results.json.
+    Weights that went nan/inf fail the run; a preemption signal saves a checkpoint and stops it."""
+    if not run.strategy.trains:
         return None
+    trainer, resume_from = run.trainer, run.resume_from
     if resume_from:
         log.info("resuming from %s", resume_from)
     try:
         trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         check_finite_weights(trainer.model, trainer.state.global_step)
     except NonFinite as err:
-        raise diverged(run, err, is_rank_zero()) from None
+        raise diverged(run.dir, err, is_rank_zero()) from None
     if preemption.caught:
         raise Preempted(preemption.caught, trainer.state.global_step, preemption.checkpoint)
-    return {**train_summary(trainer, trained, step_of(resume_from)), **stopping.report(trainer)}
+    return train_summary(trainer, trained, step_of(resume_from))
 
 
-def reload_finished(cfg, run, task, strategy, splits, meta: dict) -> tuple:
+def reload_finished(run: Run, meta: dict) -> None:
     """A rerun whose model/ is complete: load it the way ``llmft eval`` does, with the run's
     evaluation settings, and its training record."""
-    log.info("%s holds the finished model of this config: evaluating it (no training)", run.model_dir)
-    model, tokenizer = load_saved(run.model_dir, task, meta, trust_remote_code=cfg.model.trust_remote_code)
-    splits = strategy.prepare_data(splits, tokenizer)
-    task.tokenize(splits["train"], tokenizer)  # the data report counts what training saw
-    sets = tokenized(task, splits, tokenizer)
-    args = training_arguments(cfg, run.checkpoints, [], None)  # no DeepSpeed: nothing to train or shard
-    return build_trainer(args, model, tokenizer, task), meta["training"], splits, sets
+    cfg, task = run.cfg, run.task
+    log.info("%s holds the finished model of this config: evaluating it (no training)", run.dir.model_dir)
+    run.model, run.tokenizer = load_saved(run.dir.model_dir, task, meta, trust_remote_code=cfg.model.trust_remote_code)
+    run.splits = run.strategy.prepare_data(run.splits, run.tokenizer)
+    task.tokenize(run.splits["train"], run.tokenizer)  # the data report counts what training saw
+    run.sets = tokenized(task, run.splits, run.tokenizer)
+    args = training_arguments(cfg, run.dir.checkpoints, [], None)  # no DeepSpeed: nothing to train or shard
+    run.trainer = build_trainer(args, run.model, run.tokenizer, task)
+    run.record = meta["training"]
 
 
 def tokenized(task, splits: dict, tokenizer) -> dict:
@@ -164,44 +204,37 @@ def tokenized(task, splits: dict, tokenizer) -> dict:
             "validation": task.tokenize(splits["validation"], tokenizer) if "validation" in splits else None}
 
 
-def evaluate_run(cfg, run, ident, task, strategy, trainer, splits, sets, record, reevaluated: bool,
-                 started: float) -> tuple[dict, list[dict]]:
+def evaluate_run(run: Run) -> tuple[dict, list[dict]]:
     """results.json from the parts' reports, and the eval split's prediction records."""
+    cfg, task, strategy, trainer, splits, sets = run.cfg, run.task, run.strategy, run.trainer, run.splits, run.sets
+    ident, record, reevaluated, started = run.ident, run.record, run.reevaluated, run.started
     metrics, records = strategy.evaluate(trainer, sets["eval"], splits["eval"], cfg.generate)
     baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
     validation = None  # what sweeps select on; "eval" (the held-out test split) is what is reported
     if sets["validation"] is not None:
         validation, _ = strategy.evaluate(trainer, sets["validation"], splits["validation"], cfg.generate)
-    results = {
-        "status": "completed",
-        "run_dir": str(run.path),
-        "fingerprint": ident["fingerprint"],
-        "experiment": cfg.experiment,
-        "task": task.name,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "strategy": cfg.strategy.name,
-        "seed": cfg.seed,
-        "primary_metric": task.primary_metric,
-        "num_train_examples": len(splits["train"]),
-        "aux": record["aux"],
-        "data_report": task.data_report(),
-        "num_eval_examples": len(sets["eval"]),
-        "eval": metrics,  # the held-out test split: the numbers to report
-        "num_validation_examples": len(splits["validation"]) if validation is not None else 0,
-        "validation": validation,  # early stopping and sweeps select on these, never on "eval"
-        "baseline": baseline,
-        "warnings": task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
-        "train": record["train"],
-        "hardware": {"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
-                     "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
-        "memory": memory_figures(),
-        "params": record["params"],
-        "strategy_report": record["strategy_report"],
-        "retention": record["retention"],
-        "reevaluated": reevaluated,  # True: model/ was complete, this run only evaluated it
-        "wall_time_s": round(time.perf_counter() - started, 1),
-    }
+    results = completed(
+        "train",
+        **run_identity(cfg, task, run.path, ident["fingerprint"]),
+        num_train_examples=len(splits["train"]),
+        aux=record["aux"],
+        data_report=task.data_report(),
+        num_eval_examples=len(sets["eval"]),
+        eval=metrics,  # the held-out test split: the numbers to report
+        num_validation_examples=len(splits["validation"]) if validation is not None else 0,
+        validation=validation,  # early stopping and sweeps select on these, never on "eval"
+        baseline=baseline,
+        warnings=task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
+        train=record["train"],
+        hardware={"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
+                  "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
+        memory=memory_figures(),
+        params=record["params"],
+        strategy_report=record["strategy_report"],
+        retention=record["retention"],
+        reevaluated=reevaluated,  # True: model/ was complete, this run only evaluated it
+        wall_time_s=round(time.perf_counter() - started, 1),
+    )
     return results, records
 
 
@@ -234,7 +267,7 @@ def train_summary(trainer, trained, resume_step: int) -> dict:
     """Steps, loss and speed of this session (a resumed run counts the tokens it trained, not the
     ones before its checkpoint); the real-token fraction and MFU (runtime/throughput.py)."""
     runtime = trained.metrics["train_runtime"]
-    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    tokens = trainer.session_tokens()
     args = trainer.args
     dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return {

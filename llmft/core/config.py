@@ -38,7 +38,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless asked for
     # Task heads that a model without a pad token needs (e.g. Llama for classification).
     pad_token_fallback: str = choice("eos", "none")
-    # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/crf.py.
+    # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/models/crf.py.
     crf: bool = False
     crf_lr_scale: float = 100.0  # the CRF's learning rate = train.lr * this
 
@@ -150,10 +150,11 @@ class StrategyConfig:
 
     ``lr``, ``warmup_ratio`` and ``weight_decay`` are the strategy's recommended training
     hyperparameters: train.yaml reads ``train.lr: ${strategy.lr}`` (and the others), so
-    ``+strategy=X`` alone trains at X's rate and ``train.lr=...`` still wins."""
+    ``+strategy=X`` alone trains at X's rate and ``train.lr=...`` still wins. A strategy's schema
+    sets every default of its section; its YAML adds only the ``<name>_schema`` line."""
 
-    name: str = MISSING
-    lr: float = 5e-5
+    name: str = MISSING  # the strategy module's name, filled in by strategies.strategy_configs
+    lr: float = 5e-5  # full fine-tuning's usual rate for a BERT-size encoder
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
 
@@ -225,7 +226,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy
     cache: bool = False  # compute the teacher's logits once per example and reuse them every epoch
-    # > 0: the model trained is a student built from N of the teacher's blocks (llmft/students.py),
+    # > 0: the model trained is a student built from N of the teacher's blocks (techniques/distillation.py),
     # not model.name_or_path
     student_layers: int = 0
 
@@ -330,11 +331,11 @@ class ExportRunConfig:
     output_dir: Optional[str] = None  # default: next to model_dir, as <format>/ (merged/, bf16/, ...)
     data: DataConfig = MISSING  # where the check inputs come from (the run's own, by default)
     hardware: HardwareConfig = MISSING
-    # merged: adapters; bf16|fp16|int8: models/precision.py; onnx|onnx-int8 (ONNX Runtime): models/onnx.py
-    format: str = choice("merged", "bf16", "fp16", "int8", "onnx", "onnx-int8")
+    # an entry of models/formats.py's FORMATS, checked there (this layer cannot import it); merged: adapters
+    format: str = "merged"
     check_examples: int = 8
     # max |exported - source| logit difference relative to the logit scale; null: the format's
-    # own (merged 1e-4, fp16 1e-2, bf16 5e-2, int8 1e-1, onnx 1e-4, onnx-int8 1e-1)
+    # own (its entry in models/formats.py)
     tolerance: Optional[float] = None
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
@@ -358,7 +359,7 @@ class MergeAdaptersRunConfig:
 @dataclass
 class BenchInferRunConfig:
     model_dir: str = MISSING  # a run's model/ folder (classification or ner): the fp32 reference
-    # fp32 | bf16 | fp16 | int8 | onnx | onnx-int8 (ONNX Runtime, exported into a temp folder)
+    # fp32 and the export formats bench-infer can time (models/formats.py: timed=True), checked there
     variants: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     students: List[str] = field(default_factory=list)  # more model/ folders, e.g. distilled students
     data: DataConfig = MISSING  # the eval split every variant is scored on (the run's own, by default)
@@ -389,6 +390,8 @@ def _walk(node, fields: dict, prefix: str) -> None:
         if name not in node or OmegaConf.is_missing(node, name):
             continue
         key = f"{prefix}{name}"
+        if kind is Any and isinstance(node[name], DictConfig):  # e.g. strategy: typed by the schema it composed
+            kind = OmegaConf.get_type(node[name])
         if "choices" in f.metadata:
             require_one_of(key, node[name], f.metadata["choices"])
         elif dataclasses.is_dataclass(kind):

@@ -1,4 +1,5 @@
-"""User errors: a wrong key, value, file or column. The CLI prints them as one line and exits 2."""
+"""User errors: a wrong key, value, file or column. The CLI prints them as one line and exits 2.
+NonFinite: training diverged (the recipe turns it into a user error naming the last checkpoint)."""
 
 EXIT_USER_ERROR = 2
 
@@ -17,3 +18,12 @@ def require(ok: bool, key: str, message: str) -> None:
     """The one-line error ``key: message`` unless ``ok``."""
     if not ok:
         raise UserError(f"{key}: {message}")
+
+
+class NonFinite(Exception):
+    """The loss or the gradient norm became nan/inf at ``step``; raised before the optimizer step,
+    so no update from it reaches the weights (the recipe turns it into a one-line error)."""
+
+    def __init__(self, what: str, value: float, step: int):
+        super().__init__(f"{what} became {value} at step {step}")
+        self.what, self.value, self.step = what, value, step

@@ -22,8 +22,19 @@ class Registry:
         path = importlib.import_module(self.package).__path__
         return sorted(m.name for m in pkgutil.iter_modules(path) if m.name != "base")
 
-    def register(self, cls: type) -> None:
-        self.classes[cls.name] = cls
+    def register(self, cls: type, name: str | None = None) -> None:
+        name = name or cls.name
+        known = self.classes.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:  # a reload re-registers the same class
+            raise TypeError(f"{cls.__module__} defines two classes named {name!r} ({known.__qualname__}, "
+                            f"{cls.__qualname__}); declare the shared base with abstract=True")
+        self.classes[name] = cls
+
+    def module_name(self, cls: type) -> str | None:
+        """The name a class defined in one of the package's own modules registers under: its module's
+        (None: defined elsewhere, or in ``base``)."""
+        package, _, module = cls.__module__.rpartition(".")
+        return module if package == self.package and module != "base" else None
 
     def get(self, name: str) -> type:
         require_one_of(self.key, name, self.names())

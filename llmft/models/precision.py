@@ -2,8 +2,8 @@
 
 int8 is torch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``: int8 weights,
 activations quantized on the fly, nn.Linear layers only, CPU). Chosen by measurement on this
-project's CPU: MiniLM inference at batch 32 ran 2.1x fp32 with it, while torchao 0.18's int8
-dynamic and weight-only configs gave no speed-up (0.96x, 0.85x); the torch.ao API is marked
+project's CPU: MiniLM inference ran faster than fp32 with it, while torchao 0.18's int8
+dynamic and weight-only configs gave no speed-up; the torch.ao API is marked
 deprecated, so this is the one place to swap when torchao catches up on CPUs.
 
 Saved variants:
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from llmft.core.errors import UserError
+from llmft.runtime.hf_private import quantized_tensor, quantized_weight_bias
 
 INT8_FILE = "int8_model.safetensors"
 LEGACY_INT8_FILE = "int8_model.pt"  # older llmft: a pickled state dict, never loaded
@@ -58,6 +59,7 @@ def save_variant(model, variant: str, out: Path) -> None:
     if variant == "int8":
         from safetensors.torch import save_file
 
+        model.config.architectures = [type(model).__name__]  # as save_pretrained records it (load_int8 builds it)
         model.config.save_pretrained(str(out))
         save_file(int8_tensors(model), str(out / INT8_FILE), metadata={"format": "pt", "llmft": "int8-dynamic"})
     else:
@@ -77,7 +79,7 @@ def int8_tensors(model) -> dict:
     linears = quantized_linears(model)
     tensors = {}
     for name, module in linears.items():
-        weight, bias = module._weight_bias()
+        weight, bias = quantized_weight_bias(module)
         tensors.update(_weight_tensors(name, weight))
         if bias is not None:
             tensors[f"{name}.bias"] = bias.detach().float().contiguous()
@@ -151,7 +153,7 @@ def _set_int8_tensors(model, tensors: dict, path: Path) -> None:
     used = set()
     for name, module in linears.items():
         weight, keys = _weight_from(tensors, name, path)
-        has_bias = module._weight_bias()[1] is not None
+        has_bias = quantized_weight_bias(module)[1] is not None
         if has_bias != (f"{name}.bias" in tensors):
             raise UserError(f"model_dir={path}: {INT8_FILE} and config.json disagree on the bias of {name}; "
                             f"re-export it")
@@ -176,8 +178,8 @@ def _weight_from(tensors: dict, name: str, path: Path):
     values, scale, zero = (tensors[f"{name}.weight_{p}"] for p in ("int8", "scale", "zero_point"))
     axis = tensors.get(f"{name}.weight_axis")
     if axis is None:
-        return torch._make_per_tensor_quantized_tensor(values, float(scale.item()), int(zero.item())), keys
-    weight = torch._make_per_channel_quantized_tensor(values, scale, zero, int(axis.item()))
+        return quantized_tensor(values, scale.item(), zero.item()), keys
+    weight = quantized_tensor(values, scale, zero, axis.item())
     return weight, keys | {f"{name}.weight_axis"}
 
 

@@ -13,7 +13,7 @@ checks here before work starts (the CLI's preflight, then again under the run fo
   a predictions file llmft wrote.
 
 Inside its own folder, a training run moves whatever it did not write for this config to
-``replaced/<time>/`` (run_dir.py); nothing is deleted. Torch-free.
+``replaced/<time>/`` (run_dir.py; what a run folder holds: layout.py); nothing is deleted. Torch-free.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from llmft.core.errors import UserError
+from llmft.runtime.layout import TRAINING_ONLY
 
 MARKER = ".llmft-run"  # {"command": kind}: this folder is an llmft run folder of that kind
 LOCK_FILE = ".llmft.lock"  # run_lock.py's (earlier llmft runs carry it without the marker)
@@ -87,7 +88,7 @@ def _results(path: Path) -> dict | None:
 def _earlier_kind(path: Path, names: set) -> str:
     """The kind of a run folder an llmft without the marker wrote, from what it holds."""
     results = _results(path) or {}
-    if {"model", "checkpoints", "stages"} & names or "fingerprint" in results:
+    if set(TRAINING_ONLY) & names or "fingerprint" in results:
         return "train"
     for name, kind in (("export.json", "export"), ("merge.json", "merge-adapters"),
                        ("inference_report.md", "bench-infer")):

@@ -1,20 +1,6 @@
-"""The run folder: every run leaves one that describes itself.
-
-    config.yaml         the resolved config (Hydra's own composed config is in .hydra/)
-    metrics.jsonl       one line per logged training step, whatever the logger
-    predictions.jsonl   one line per eval example: input, gold label, prediction
-    deepspeed.json      the DeepSpeed config the hardware group rendered (ZeRO runs)
-    results.json        eval metrics, baseline, train figures, parameter counts; written last,
-                        atomically: a run without it did not complete
-    model/              the trained model or adapter (see models.py); written to a temp folder
-                        and renamed, so a model/ that exists is complete
-    checkpoints/        checkpoint-N every train.save_steps (a rerun in this folder resumes
-                        from the newest complete one)
-    replaced/<time>/    what an earlier run of another config left here (train.resume=never, or
-                        a rerun with other values): moved aside, never deleted
-    .llmft.lock         held while a run writes here (a second run into the folder is refused)
-    .llmft-run          which command's folder this is (runtime/ownership.py: no other command
-                        writes here, and llmft writes into no folder it did not make)
+"""The run folder: every run leaves one that describes itself. What it holds (config.yaml,
+results.json, model/, checkpoints/, stages/, export folders, replaced/, ...) is listed once, in
+runtime/layout.py.
 
 Every file is written whole (a temp file beside it, flushed, renamed, the folder flushed) and
 never through a link; a checkpoint is marked complete only once its files are on disk, and
@@ -41,6 +27,8 @@ from transformers import TrainerCallback
 from llmft.core.errors import UserError
 from llmft.runtime.preemption import PREEMPTION
 from llmft.runtime.ownership import atomic_write, fsync_tree
+from llmft.runtime.layout import STAGED_OUTPUTS, artifacts
+from llmft.runtime.results import failure
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +39,9 @@ CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")  # what the Trainer names its ch
 NOT_FINGERPRINTED = ("print_config", "logger", "train.resume", "train.save_steps", "train.save_total_limit",
                      "train.logging_steps", "hardware.dataloader_workers", "hardware.master_port",
                      "hardware.collective_timeout_s", "hardware.lock")
-# What a run leaves in its folder (set aside as a whole when another config takes the folder over).
-ARTIFACTS = (RESULTS, "predictions.jsonl", "metrics.jsonl", "config.yaml", "deepspeed.json", "model",
-             "checkpoints", "retention.png", "wandb_run_id")
+# stage folders (RUN/stages/<name>) this process started, by their run folder: that run's stages/
+# and soft_labels.jsonl are its own when its last stage takes the folder (set_aside_other_runs)
+_STAGED_HERE: set = set()
 
 
 def fingerprint(cfg) -> dict:
@@ -106,6 +94,8 @@ class RunDir:
         from llmft.core.redact import to_yaml
 
         self.fingerprint = fingerprint
+        if self.path.parent.name == "stages":
+            _STAGED_HERE.add(self.path.parent.parent.resolve())
         if read_results(self.path) is None:
             self.results_file.unlink(missing_ok=True)
         if not keep_metrics:
@@ -167,10 +157,13 @@ class RunDir:
 
     def set_aside_other_runs(self, resume: str, ident: dict) -> str | None:
         """Rank 0, before anything is written: with train.resume=never, or when what this folder
-        holds came from another config, move all of it to replaced/<time>/ (nothing is deleted).
-        Returns where it went (None: nothing to move)."""
+        holds came from another config, move all of it (layout.artifacts) to replaced/<time>/
+        (nothing is deleted). The last stage of a staged run keeps the stages/ and soft_labels.jsonl
+        this run just wrote. Returns where it went (None: nothing to move)."""
         self.set_aside_unreadable_results()
-        present = [name for name in ARTIFACTS if os.path.lexists(self.path / name)]
+        own = STAGED_OUTPUTS if self.path.resolve() in _STAGED_HERE else ()
+        _STAGED_HERE.discard(self.path.resolve())
+        present = [name for name in artifacts(self.path) if name not in own]
         if not present:
             return None
         leftover = self.path / f".{self.model_dir.name}.tmp"
@@ -245,7 +238,7 @@ class RunDir:
     def write_failure(self, reason: str, **details) -> None:
         """results.json of a run that stopped on an error it diagnosed (status "failed", never read
         as complete)."""
-        record = {"status": "failed", "reason": reason, "fingerprint": self.fingerprint, **details}
+        record = failure(reason, self.fingerprint, **details)
         atomic_write(self.results_file, dumps(record, indent=2) + "\n")
 
     def callbacks(self, ident: dict, zero_stage: int) -> list:

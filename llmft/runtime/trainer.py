@@ -2,16 +2,16 @@
 
 The config's names map onto TrainingArguments here and nowhere else. The hardware config
 decides the device, precision and the DeepSpeed config (``TrainingArguments(deepspeed=...)``).
+The Trainer subclass is runtime/hf_trainer.py (it imports transformers; this module must not: the
+CLI's validation reads validate_train); what it overrides of transformers' private API, hf_private.py.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
-from llmft.runtime.throughput import TokenCounter
+from llmft.runtime.hf_private import cpu_has_bf16
 from llmft.core.errors import UserError, require, require_one_of
 
 
@@ -30,12 +30,6 @@ def precision_flags(hardware) -> dict:
     return {"bf16": hardware.precision == "bf16", "fp16": hardware.precision == "fp16"}
 
 
-def cpu_has_bf16() -> bool:
-    import torch
-
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 TORCH_SCHEDULERS = ("one_cycle", "cyclic")
 
 
@@ -50,8 +44,8 @@ def scheduler_kwargs(t) -> dict:
 
 
 def optimizer_name(optim: str, hardware) -> str:
-    """adamw: torch's fused kernel, on the CPU too (22.4M parameters, this 2-core CPU: 142 ms a
-    step against 398 ms for the for-each one); sgd with momentum; adafactor (transformers')."""
+    """adamw: torch's fused kernel, on the CPU too (it steps faster there than the for-each one);
+    sgd with momentum; adafactor (transformers')."""
     return "adamw_torch_fused" if optim == "adamw" else optim
 
 
@@ -104,7 +98,7 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         disable_tqdm=False,
         activation_checkpointing=cfg.hardware.gradient_checkpointing,  # transformers 5 name
         torch_compile=cfg.hardware.compile,
-        deepspeed=deepspeed,  # rendered from cfg.hardware (llmft/distributed.py); None: no DeepSpeed
+        deepspeed=deepspeed,  # rendered from cfg.hardware (runtime/distributed.py); None: no DeepSpeed
         ddp_backend="gloo" if use_cpu(cfg.hardware) and is_launched() else None,
         ddp_timeout=cfg.hardware.collective_timeout_s,  # a rank that waits longer on the others fails
         restore_callback_states_from_checkpoint=True,  # early stopping's patience survives a resume
@@ -129,123 +123,11 @@ def eval_arguments(output_dir: Path, batch_size: int, hardware, compile: bool = 
 def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=(), param_groups=None,
                   objective=None, train_cfg=None, sampler=None, eval_dataset=None, compute_metrics=None):
     """The HF Trainer, and what llmft adds to it: the strategy's optimizer groups
-    (``param_groups``), an ``objective`` beyond the model's own loss (llmft/objective.py) with
+    (``param_groups``), an ``objective`` beyond the model's own loss (techniques/objective.py) with
     each term logged, torch's one_cycle / cyclic schedules, the order examples are drawn in
     (``sampler``: (global batch, seed) -> Sampler, techniques/sampling.py), the tokens trained on
     (``trainer.tokens``: real and padded, runtime/throughput.py)."""
-    import torch
-    from transformers import Trainer, TrainerCallback
-
-    from llmft.runtime.split_loss import SplitLoss, row_losses
-
-    class LlmftTrainer(Trainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.tokens.add(inputs)
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if not torch.isfinite(loss).all():  # before the optimizer step: the weights are still finite
-                raise NonFinite("loss", loss.float().max().item(), self.state.global_step + 1)
-            return loss
-
-        def train(self, resume_from_checkpoint=None, *args, **kwargs):
-            # a resume, and the best checkpoint loaded at the end: DeepSpeed's loader unpickles anything
-            with weights_only_loads(str(resume_from_checkpoint or self.args.output_dir)):
-                return super().train(resume_from_checkpoint, *args, **kwargs)
-
-        def _save_checkpoint(self, model, trial):
-            # The Trainer deletes checkpoints beyond save_total_limit before the new one is marked
-            # complete (on_save): a kill in between left nothing to resume from. Rotation waits for
-            # the marker instead (run_dir.prune_checkpoints, called once it is written).
-            limit, self.args.save_total_limit = self.args.save_total_limit, None
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.save_total_limit = limit
-
-        def _get_grad_norm(self, model, grad_norm=None):
-            grad_norm = super()._get_grad_norm(model, grad_norm)
-            value = float(grad_norm) if grad_norm is not None else 0.0
-            # fp16 loss scaling overflows on purpose now and then: the scaler skips that step
-            if not math.isfinite(value) and not self.args.fp16:
-                raise NonFinite("gradient norm", value, self.state.global_step + 1)
-            return grad_norm
-
-        def create_optimizer(self, model=None):
-            if param_groups is None or self.optimizer is not None:
-                return super().create_optimizer(model)
-            model = self.model if model is None else model
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = optimizer_cls(optimizer_groups(self, model, param_groups), **kwargs)
-            return self.optimizer
-
-        def create_scheduler(self, num_training_steps: int, optimizer=None):
-            if train_cfg is None or train_cfg.lr_scheduler not in TORCH_SCHEDULERS or self.lr_scheduler is not None:
-                return super().create_scheduler(num_training_steps, optimizer)
-            optimizer = self.optimizer if optimizer is None else optimizer
-            self.lr_scheduler = torch_scheduler(train_cfg, optimizer, num_training_steps)
-            return self.lr_scheduler
-
-        def _get_train_sampler(self, train_dataset=None):
-            if sampler is None:
-                return super()._get_train_sampler(train_dataset)
-            return sampler(self.args.per_device_train_batch_size * self.args.world_size, self.args.seed)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if objective is None or not model.training:  # eval loss: the model's own
-                out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                if model.training:  # multi-task: each task's loss on the batches that had it
-                    self._add_terms({f"task_{k}": v for k, v in getattr(model, "last_terms", {}).items()})
-                elif self._split_loss is not None and return_outputs:  # evaluation: each row's loss, gathered
-                    rows = row_losses(task.loss_kind, out[1], inputs, self.model)
-                    self._split_loss.add(*self.accelerator.gather_for_metrics(rows))
-                return out
-            # soft targets: not the model's (it would take float labels for multi-label and keep that in its config)
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"} if objective.soft else inputs)
-            loss, terms = objective(model, inputs, outputs)
-            self._add_terms(terms)
-            return (loss, outputs) if return_outputs else loss
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            """The Trainer's loop with the split's loss (runtime/split_loss.py) as ``eval_loss``,
-            not its mean of per-batch means."""
-            self._split_loss = SplitLoss() if task.loss_kind is not None else None
-            try:
-                output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                                 metric_key_prefix)
-                loss = self._split_loss.value() if self._split_loss is not None else None
-            finally:
-                self._split_loss = None
-            if loss is not None and f"{metric_key_prefix}_loss" in output.metrics:
-                output.metrics[f"{metric_key_prefix}_loss"] = loss
-            return output
-
-        def _add_terms(self, terms: dict) -> None:
-            for name, value in terms.items():
-                total, count = self._terms.get(name, (0.0, 0))
-                self._terms[name] = (total + value.item(), count + 1)
-
-        def log(self, logs, start_time=None):
-            if "loss" in logs and self._terms:  # each term's mean since the last log
-                logs.update({f"loss/{k}": total / count for k, (total, count) in self._terms.items()})
-                self._terms.clear()
-            super().log(logs, start_time)
-
-    class GroupLearningRates(TrainerCallback):
-        """Logs the applied learning rate of every named optimizer group as lr/<name>."""
-
-        applied: dict = {}
-
-        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-            # the rates this step used (the scheduler moves them before on_log runs)
-            if optimizer is not None:
-                self.applied = {}
-                for group in optimizer.param_groups:  # the Trainer's own groups (decay / no decay): "all"
-                    self.applied.setdefault(f"lr/{group.get('name', 'all')}", group["lr"])
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs is not None and "loss" in logs:
-                for name, lr in self.applied.items():
-                    logs.setdefault(name, lr)
+    from llmft.runtime.hf_trainer import GroupLearningRates, LlmftTrainer
 
     extra = [GroupLearningRates()]  # every strategy: lr/<group> at every logged step
     trainer = LlmftTrainer(
@@ -257,109 +139,18 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         callbacks=[*extra, *callbacks],
+        task=task,
+        param_groups=param_groups,
+        loss_objective=objective,
+        torch_schedule=train_cfg if train_cfg is not None and train_cfg.lr_scheduler in TORCH_SCHEDULERS else None,
+        sampler_factory=sampler,
     )
-    trainer._terms = {}  # loss term -> (sum, count) since the last log
-    trainer._split_loss = None  # during an evaluation: the split's summed loss and target count
-    trainer.tokens = TokenCounter()
-    # transformers 5 takes any forward(**kwargs) for a loss normalised by its token count and
-    # then skips the division by gradient accumulation and multiplies by the process count: for
-    # heads whose loss is a per-batch mean (and for llmft's objective), that scales the gradient
-    # by grad_accum x world size.
-    trainer.model_accepts_loss_kwargs = (trainer.model_accepts_loss_kwargs and task.loss_counts_tokens
-                                         and objective is None)
     if args.deepspeed and not trainer.is_deepspeed_enabled:
         raise RuntimeError("hardware.zero_stage>0 but the Trainer did not engage DeepSpeed "
                            "(ACCELERATE_USE_CPU set? it drops DeepSpeed silently)")
     if objective is not None and objective.teacher is not None:
         objective.teacher.to(trainer.args.device)  # distillation: the teacher runs beside the student
     return trainer
-
-
-def deepspeed_saved_classes() -> list:
-    """What DeepSpeed pickles into a ZeRO checkpoint besides tensors and plain containers (its
-    optimizer states: the ZeRO stage, the loss scaler, the parameter fragment map)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
-
-
-@contextlib.contextmanager
-def weights_only_loads(checkpoint: str):
-    """Every ``torch.load`` inside unpickles only tensors, plain containers and what DeepSpeed
-    saves: its loader asks for ``weights_only=False`` (a checkpoint folder received from someone
-    else could run code); torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides the call site. Anything
-    else in a checkpoint is refused in one line, unloaded."""
-    import pickle
-
-    import torch
-
-    try:
-        allowed = deepspeed_saved_classes()
-    except ImportError:  # no DeepSpeed: the Trainer's own loads are weights-only already
-        allowed = []
-    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(allowed):
-            yield
-    except pickle.UnpicklingError as err:
-        unsupported = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
-                           str(err).splitlines()[0] if str(err) else type(err).__name__)
-        raise UserError(f"train.resume: {checkpoint} holds a pickled object that is not a tensor or DeepSpeed's "
-                        f"optimizer state ({unsupported[:200]}); it was not loaded. Resume only from a checkpoint "
-                        f"llmft wrote, or start over with train.resume=never") from None
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
-
-
-class NonFinite(Exception):
-    """The loss or the gradient norm became nan/inf at ``step``; raised before the optimizer step,
-    so no update from it reaches the weights (the recipe turns it into a one-line error)."""
-
-    def __init__(self, what: str, value: float, step: int):
-        super().__init__(f"{what} became {value} at step {step}")
-        self.what, self.value, self.step = what, value, step
-
-
-def torch_scheduler(t, optimizer, total_steps: int):
-    """one_cycle (warm up to each group's lr, then anneal; warmup_ratio sets the rise) or cyclic
-    (CyclicLR between base_lr and max_lr), scaled per optimizer group like its lr."""
-    import torch
-
-    peaks = [g["lr"] for g in optimizer.param_groups]
-    if t.lr_scheduler == "one_cycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(total_steps, 2),
-                                                   pct_start=float(t.warmup_ratio), cycle_momentum=False)
-    c = t.cyclic
-    top = c.max_lr or t.lr
-    bottom = c.base_lr if c.base_lr is not None else top / 10
-    scale = [p / t.lr for p in peaks]  # a group at lr_scale s cycles between s * base and s * max
-    return torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=[bottom * k for k in scale],
-                                             max_lr=[top * k for k in scale], step_size_up=c.step_size,
-                                             mode=c.mode, gamma=c.gamma, cycle_momentum=False)
-
-
-def optimizer_groups(trainer, model, groups: list[dict]) -> list[dict]:
-    """Strategy groups (names + lr scale) -> torch groups, split by the Trainer's weight-decay rule."""
-    decay = set(trainer.get_decay_parameter_names(model))
-    params = dict(model.named_parameters())
-    out = []
-    for group in groups:
-        for with_decay in (True, False):
-            names = [n for n in group["params"] if (n in decay) == with_decay]
-            if names:
-                out.append({
-                    "name": group["name"],
-                    "params": [params[n] for n in names],
-                    "lr": trainer.args.learning_rate * group["lr_scale"],
-                    "weight_decay": trainer.args.weight_decay if with_decay else 0.0,
-                })
-    return out
 
 
 def start_tracker(cfg, run_path: Path) -> list[str]:
@@ -412,7 +203,7 @@ def finish_tracker(results: dict | None) -> None:
 
 
 # transformers' SchedulerType values, listed here because importing transformers.trainer_utils
-# costs ~3 s (it pulls torch and peft); tests/test_config.py checks the list against it.
+# pulls torch and peft, and validation stays torch-free; tests/unit/test_config.py checks the list against it.
 LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",

@@ -1,7 +1,8 @@
 """Fine-tuning strategies: one module per ``+strategy=NAME``, named like its YAML.
 
-A strategy module defines its schema (a ``StrategyConfig`` dataclass) and a ``Strategy``
-subclass; adding a strategy is one YAML in ``configs/strategy/`` plus one module here.
+A strategy module defines its schema (a ``StrategyConfig`` dataclass holding every default) and
+a ``Strategy`` subclass; its module name is its name. Adding a strategy is one module here plus
+one YAML in ``configs/strategy/`` that holds only ``defaults: [NAME_schema]`` and what it is.
 Modules import only light things at the top (configs are composed before torch loads).
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ def strategies_that(capability: str) -> list[str]:
 
 
 def strategy_configs() -> dict:
-    """Every strategy's schema by name (for the ConfigStore)."""
-    return {name: strategy_class(name).config for name in strategy_names()}
+    """Every strategy's schema by name, its defaults with ``name`` filled in (for the ConfigStore:
+    ``<name>_schema``). A strategy's name is written nowhere else."""
+    return {name: strategy_class(name).config(name=name) for name in strategy_names()}
 
 
 def build_strategy(run_cfg, task) -> Strategy:

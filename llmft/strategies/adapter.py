@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig, choice
+from llmft.core.errors import UserError
 from llmft.strategies.base import Strategy, set_trainable
 
 WEIGHTS = "adapter_model.safetensors"
@@ -38,10 +38,10 @@ OUTPUT_PROJECTIONS = {
 
 @dataclass
 class AdapterStrategyConfig(StrategyConfig):
-    name: str = "adapter"
-    kind: str = "houlsby"  # houlsby: after attention and FFN; pfeiffer: after FFN only
+    lr: float = 1e-3  # new bottleneck layers (Houlsby et al.: 1e-4..1e-3)
+    kind: str = choice("houlsby", "pfeiffer")  # houlsby: after attention and FFN; pfeiffer: after FFN only
     reduction_factor: int = 16  # bottleneck width = hidden size / reduction_factor
-    activation: str = "relu"  # relu | gelu | silu
+    activation: str = choice("relu", "gelu", "silu")
     train_layernorm: bool = True  # Houlsby et al. also train the layer norms
     # Module names inside a block, for architectures not listed in OUTPUT_PROJECTIONS.
     attention_output: Optional[str] = None
@@ -49,7 +49,6 @@ class AdapterStrategyConfig(StrategyConfig):
 
 
 class Adapter(Strategy):
-    name = "adapter"
     config = AdapterStrategyConfig
     zero_stages = 2
     zero_note = "its own save reads whole parameters"
@@ -58,10 +57,8 @@ class Adapter(Strategy):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         s = run_cfg.strategy
-        require_one_of("strategy.kind", s.kind, ("houlsby", "pfeiffer"))
         if s.reduction_factor < 1:
             raise UserError(f"strategy.reduction_factor must be >= 1 (got {s.reduction_factor})")
-        require_one_of("strategy.activation", s.activation, ("relu", "gelu", "silu"))
 
     def apply(self, model):
         insert_adapters(model, dict(self.cfg))

@@ -12,7 +12,8 @@ STRATEGIES = Registry("llmft.strategies", key="strategy")
 
 
 class Strategy:
-    """Base class. Subclasses set ``name`` and ``config`` and override what they change.
+    """Base class. Subclasses set ``config`` (their schema) and override what they change; a
+    subclass in ``llmft/strategies/NAME.py`` is strategy NAME (``abstract=True``: a shared base).
 
     The recipe calls, in order: ``validate_config`` (before anything loads),
     ``model_load_kwargs`` (extra ``from_pretrained`` arguments, e.g. quantization),
@@ -21,7 +22,7 @@ class Strategy:
     calls ``load_trained``.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # its module's name, set when the class is defined
     config: ClassVar[type[StrategyConfig]] = StrategyConfig
     saves_adapter: ClassVar[bool] = False  # True: model/ holds only the trained parameters
     trains: ClassVar[bool] = True  # False: evaluate the model as it is (prompting)
@@ -31,9 +32,11 @@ class Strategy:
     mergeable: ClassVar[bool] = False  # its adapter merges into the base weights (llmft export format=merged)
     quantized_base: ClassVar[bool] = False  # the base weights load quantized (drift against fp32 is meaningless)
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        name = STRATEGIES.module_name(cls)
+        if name and not abstract:
+            cls.name = name
             STRATEGIES.register(cls)
 
     def __init__(self, run_cfg, task):
@@ -44,6 +47,12 @@ class Strategy:
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         """Raise UserError for impossible combinations (wrong task, bad knob values)."""
+
+    @classmethod
+    def pattern_ensemble(cls, run_cfg) -> bool:
+        """True: this config trains one model per prompt pattern and ensembles them (PET's
+        ensemble; techniques/pet_ensemble.py runs the stages, which label the unlabelled data)."""
+        return False
 
     @classmethod
     def check_hardware(cls, run_cfg) -> None:

@@ -7,11 +7,12 @@ from llmft.strategies.base import Strategy, set_trainable
 
 @dataclass
 class BitFitStrategyConfig(StrategyConfig):
-    name: str = "bitfit"
+    # biases move little per step: a rate ~50x full's (Ben Zaken et al. used 1e-4..1e-3 over many epochs)
+    lr: float = 3e-3
+    weight_decay: float = 0.0
 
 
 class BitFit(Strategy):
-    name = "bitfit"
     config = BitFitStrategyConfig
 
     def apply(self, model):

@@ -6,10 +6,8 @@ from llmft.strategies.lora import LoRA, LoraStrategyConfig
 
 @dataclass
 class DoraStrategyConfig(LoraStrategyConfig):
-    name: str = "dora"
     use_dora: bool = True
 
 
 class DoRA(LoRA):
-    name = "dora"
     config = DoraStrategyConfig

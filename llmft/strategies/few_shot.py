@@ -14,14 +14,12 @@ from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
 @dataclass
 class FewShotStrategyConfig(ZeroShotStrategyConfig):
-    name: str = "few_shot"
     k: int = 2  # demonstrations per label
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     separator: str = "\n\n"
 
 
 class FewShot(ZeroShot):
-    name = "few_shot"
     config = FewShotStrategyConfig
 
     @classmethod

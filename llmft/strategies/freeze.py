@@ -13,7 +13,7 @@ from llmft.strategies.base import Strategy, set_trainable
 
 @dataclass
 class FreezeStrategyConfig(StrategyConfig):
-    name: str = "freeze"
+    lr: float = 1e-4  # fewer parameters train: a higher rate than full
     trainable_layers: int = 2  # top-k blocks that train (0: head only)
     # Instead of top-k: glob patterns of parameter names that train (the head always trains),
     # e.g. ["*.encoder.layer.5.*", "*LayerNorm*"].
@@ -21,7 +21,6 @@ class FreezeStrategyConfig(StrategyConfig):
 
 
 class Freeze(Strategy):
-    name = "freeze"
     config = FreezeStrategyConfig
 
     @classmethod

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig, choice
+from llmft.core.errors import UserError
 from llmft.strategies.base import Strategy, set_trainable
 from llmft.strategies.llrd import depth_groups
 
@@ -18,13 +18,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GradualUnfreezeStrategyConfig(StrategyConfig):
-    name: str = "gradual_unfreeze"
+    lr: float = 1e-4  # the head trains alone at first: a higher rate than full
     unfreeze_every: int = 50
-    unit: str = "steps"  # steps | epochs
+    unit: str = choice("steps", "epochs")
 
 
 class GradualUnfreeze(Strategy):
-    name = "gradual_unfreeze"
     config = GradualUnfreezeStrategyConfig
     zero_stages = 0
     zero_note = "it changes which parameters train mid-run; DeepSpeed fixes them at the start"
@@ -35,7 +34,6 @@ class GradualUnfreeze(Strategy):
         s = run_cfg.strategy
         if s.unfreeze_every < 1:
             raise UserError(f"strategy.unfreeze_every must be >= 1 (got {s.unfreeze_every})")
-        require_one_of("strategy.unit", s.unit, ("steps", "epochs"))
         hw = run_cfg.hardware
         if hw.nproc_per_node * hw.nnodes > 1:  # DDP averages only what trained when it wrapped the model
             raise UserError(f"hardware.nproc_per_node={hw.nproc_per_node} (x {hw.nnodes} nodes): strategy="

@@ -11,14 +11,14 @@ from llmft.strategies.lora import target_modules
 
 @dataclass
 class IA3StrategyConfig(StrategyConfig):
-    name: str = "ia3"
+    lr: float = 5e-3  # scaling vectors start at 1 and move slowly (T-Few used 3e-3)
+    weight_decay: float = 0.0
     # null: PEFT's defaults for the architecture (BERT: key, value, output.dense).
     target_modules: Optional[List[str]] = None
     feedforward_modules: Optional[List[str]] = None  # must be a subset of target_modules
 
 
 class IA3(PeftStrategy):
-    name = "ia3"
     config = IA3StrategyConfig
     mergeable = True
 

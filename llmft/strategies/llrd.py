@@ -15,12 +15,11 @@ from llmft.strategies.base import Strategy
 
 @dataclass
 class LLRDStrategyConfig(StrategyConfig):
-    name: str = "llrd"
+    lr: float = 8e-5  # the top block's rate; lower blocks train slower
     decay: float = 0.9
 
 
 class LLRD(Strategy):
-    name = "llrd"
     config = LLRDStrategyConfig
 
     @classmethod

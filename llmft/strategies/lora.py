@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError, require_one_of
+from llmft.core.config import StrategyConfig, choice
+from llmft.core.errors import UserError
 from llmft.strategies.base import PeftStrategy
 
 
@@ -25,8 +25,9 @@ class LoraKnobs:
 
 @dataclass
 class LoraStrategyConfig(LoraKnobs, StrategyConfig):
-    name: str = "lora"
-    bias: str = "none"  # none | all | lora_only
+    lr: float = 2e-3  # the low-rank update starts at zero and needs a rate ~40x full's
+    weight_decay: float = 0.0
+    bias: str = choice("none", "all", "lora_only")
     use_dora: bool = False  # weight-decomposed LoRA (see dora)
 
 
@@ -50,7 +51,6 @@ def lora_config(s, task_type: str | None, use_dora: bool, bias: str = "none", us
 
 
 class LoRA(PeftStrategy):
-    name = "lora"
     config = LoraStrategyConfig
     mergeable = True
     rank_stabilized = False  # the update scaled by alpha / sqrt(r) instead of alpha / r (rslora)
@@ -58,7 +58,6 @@ class LoRA(PeftStrategy):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         check_lora_knobs(run_cfg.strategy)
-        require_one_of("strategy.bias", run_cfg.strategy.bias, ("none", "all", "lora_only"))
 
     def peft_config(self):
         return lora_config(self.cfg, self.task.peft_task_type, self.cfg.use_dora, self.cfg.bias, self.rank_stabilized)

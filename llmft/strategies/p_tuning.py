@@ -3,28 +3,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmft.core.config import StrategyConfig
-from llmft.core.errors import require_one_of
-from llmft.strategies.prefix import SoftPrompt, prompt_encoder_checkpoints
+from llmft.core.config import StrategyConfig, choice
+from llmft.strategies.prefix import HEADS, SoftPrompt, prompt_encoder_checkpoints
 
 
 @dataclass
 class PTuningStrategyConfig(StrategyConfig):
-    name: str = "p_tuning"
+    lr: float = 3e-3  # the prompt encoder is a small new network
+    weight_decay: float = 0.0
     num_virtual_tokens: int = 20
-    head: str = "classifier"  # classifier | verbalizer (the causal LM's own head at data.prompt.verbalizer)
-    encoder: str = "mlp"  # mlp | lstm
+    head: str = choice(*HEADS)  # verbalizer: the causal LM's own head at data.prompt.verbalizer's words
+    encoder: str = choice("mlp", "lstm")
     encoder_hidden_size: int = 128
 
 
 class PTuning(SoftPrompt):
-    name = "p_tuning"
     config = PTuningStrategyConfig
-
-    @classmethod
-    def validate_config(cls, run_cfg) -> None:
-        super().validate_config(run_cfg)
-        require_one_of("strategy.encoder", run_cfg.strategy.encoder, ("mlp", "lstm"))
 
     def callbacks(self):
         return [prompt_encoder_checkpoints()]

@@ -8,23 +8,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 from pathlib import Path
-from llmft.core.errors import require, require_one_of
+from llmft.core.config import choice
+from llmft.core.errors import require
 from llmft.strategies.base import wrap_peft
 from llmft.strategies.lora import LoraKnobs, check_lora_knobs, lora_config
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
-PARAMS = ("full", "lora", "dora")
-
 
 @dataclass
 class PetStrategyConfig(LoraKnobs, ZeroShotStrategyConfig):  # LoraKnobs: for params=lora|dora
-    name: str = "pet"
+    lr: float = 2e-5  # the whole LM trains on the cloze task (Schick & Schuetze: 1e-5)
     calibrate: bool = False  # training removes most of the bias calibration corrects
-    params: str = "full"  # full | lora | dora: the parameters PET trains
+    params: str = choice("full", "lora", "dora")  # the parameters PET trains (LoRA knobs as in strategy=lora)
     # The method of the paper: one model per data.prompt.patterns entry, their ensemble, and with
     # unlabelled data a final classifier on its soft labels (techniques/pet_ensemble.py).
     ensemble: bool = False
-    final: str = "classifier"  # classifier | none: what the ensemble's soft labels train (with unlabelled data)
+    final: str = choice("classifier", "none")  # what the ensemble's soft labels train (with unlabelled data)
     generations: int = 1  # > 1: iPET
     temperature: float = 2.0  # soft labels: softmax(averaged scores / temperature)
     final_lr: float = 5e-5  # the final classifier's learning rate (full fine-tuning)
@@ -34,7 +33,6 @@ class PetStrategyConfig(LoraKnobs, ZeroShotStrategyConfig):  # LoraKnobs: for pa
 
 
 class PET(ZeroShot):
-    name = "pet"
     config = PetStrategyConfig
     zero_stages = 2
     zero_note = "it saves the LM directly"
@@ -47,8 +45,6 @@ class PET(ZeroShot):
             check_patterns(run_cfg)
         else:
             super().validate_config(run_cfg)
-        require_one_of("strategy.params", s.params, PARAMS)
-        require_one_of("strategy.final", s.final, ("classifier", "none"))
         require(s.generations >= 1, "strategy.generations", f"must be >= 1 (got {s.generations})")
         require(s.generations == 1 or s.ensemble, "strategy.generations", "iPET needs strategy.ensemble=true")
         require(s.temperature > 0, "strategy.temperature", f"must be > 0 (got {s.temperature})")
@@ -56,6 +52,51 @@ class PET(ZeroShot):
                 f"the final classifier's learning rate must be > 0 (got {s.final_lr})")
         if s.params != "full":
             check_lora_knobs(s)
+
+    # The ensemble of patterns (strategy.ensemble): what it is made of; techniques/pet_ensemble.py
+    # runs its stages, scores and averages them, and trains the final classifier.
+    @classmethod
+    def pattern_ensemble(cls, run_cfg) -> bool:
+        return bool(run_cfg.strategy.get("ensemble", False))
+
+    @classmethod
+    def ensemble_patterns(cls, run_cfg) -> list[dict]:
+        """[{template, verbalizer}] with a missing verbalizer taken from data.prompt.verbalizer."""
+        from omegaconf import OmegaConf
+
+        prompt = run_cfg.data.prompt
+        default = OmegaConf.to_container(prompt.verbalizer) if prompt.verbalizer is not None else None
+        out = []
+        for p in prompt.patterns:
+            p = OmegaConf.to_container(p) if OmegaConf.is_config(p) else dict(p)
+            out.append({"template": p["template"], "verbalizer": p.get("verbalizer") or default})
+        return out
+
+    @classmethod
+    def ensemble_stages(cls, run_cfg, generation: int) -> list[tuple[str, dict]]:
+        """One generation's members: a stage per pattern, as (its name, the config changes it runs
+        with: that pattern as the prompt, one model)."""
+        one = run_cfg.strategy.generations == 1
+        return [(f"pattern-{i}" if one else f"gen{generation}-pattern-{i}",
+                 {"data.prompt.template": p["template"], "data.prompt.verbalizer": p["verbalizer"],
+                  "strategy.ensemble": False})
+                for i, p in enumerate(cls.ensemble_patterns(run_cfg))]
+
+    @classmethod
+    def final_classifier(cls, run_cfg) -> tuple[str, object, dict]:
+        """The run that learns the ensemble's soft labels: its strategy (full: a sequence
+        classification head on the same LM, or on strategy.final_model), that strategy's section
+        (lr strategy.final_lr) and the other config changes."""
+        from omegaconf import OmegaConf
+
+        from llmft.strategies import strategy_configs
+
+        s = run_cfg.strategy
+        section = OmegaConf.merge(OmegaConf.structured(strategy_configs()["full"]), {"lr": s.final_lr})
+        changes = {"train.lr": s.final_lr}
+        if s.final_model:
+            changes.update({"model.name_or_path": s.final_model, "model.name": s.final_model, "model.revision": None})
+        return "full", section, changes
 
     def apply(self, model):
         if self.cfg.params == "full":

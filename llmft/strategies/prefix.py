@@ -5,14 +5,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError, require_one_of
+from llmft.core.errors import UserError
+from llmft.runtime.hf_private import cache_as_past_key_values, loadable_prompt_embeddings
 from llmft.strategies.base import PeftStrategy
 from llmft.strategies.zero_shot import ZeroShot
 
 
 @dataclass
 class PrefixStrategyConfig(StrategyConfig):
-    name: str = "prefix"
+    # prefixes are new parameters (Li & Liang: 5e-5..8e-5 with reparameterisation, higher without)
+    lr: float = 5e-3
+    weight_decay: float = 0.0
     num_virtual_tokens: int = 20
     prefix_projection: bool = False  # reparameterise the prefix through an MLP
     encoder_hidden_size: int = 128  # the MLP's width when prefix_projection is on
@@ -21,7 +24,7 @@ class PrefixStrategyConfig(StrategyConfig):
 HEADS = ("classifier", "verbalizer")
 
 
-class SoftPrompt(PeftStrategy):
+class SoftPrompt(PeftStrategy, abstract=True):
     """Prompt tuning and P-tuning: virtual tokens before the input, read by one of two heads.
     ``head=classifier``: PEFT's sequence classifier (a new head trains with the prompt).
     ``head=verbalizer``: the causal LM's own head, scored at data.prompt.verbalizer's words after
@@ -31,7 +34,6 @@ class SoftPrompt(PeftStrategy):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         check_virtual_tokens(run_cfg)
-        require_one_of("strategy.head", run_cfg.strategy.head, HEADS)
         if run_cfg.strategy.head == "verbalizer":
             ZeroShot.validate_config(run_cfg)
 
@@ -90,7 +92,6 @@ def check_virtual_tokens(run_cfg) -> None:
 
 
 class Prefix(PeftStrategy):
-    name = "prefix"
     config = PrefixStrategyConfig
 
     @classmethod
@@ -116,35 +117,6 @@ class Prefix(PeftStrategy):
             prefix_projection=self.cfg.prefix_projection,
             encoder_hidden_size=self.cfg.encoder_hidden_size,
         )
-
-
-def cache_as_past_key_values(model):
-    """PEFT 0.21 hands the prefix to the model as ``past_key_values`` (a DynamicCache) and checks
-    the model's forward signature for that name; transformers 5 models take it as ``cache``. This
-    gives the model's forward that name and passes the prefix on as ``cache`` (PEFT's prefix
-    forward is otherwise used as is; in-repo because no PEFT release maps the two, peft #1962)."""
-    import inspect
-
-    original = model.forward
-    params = inspect.signature(original).parameters
-    if "past_key_values" in params or getattr(original, "_llmft_prefix_cache", False):
-        return model
-    if "cache" not in params and not hasattr(model, getattr(model, "base_model_prefix", "")):
-        return model
-
-    def forward(*args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            kwargs["cache"] = past_key_values
-        return original(*args, **kwargs)
-
-    # the model's own parameters plus past_key_values: the Trainer keeps the data columns it names
-    named = [q for q in params.values() if q.kind != q.VAR_KEYWORD]
-    extra = [inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    forward.__signature__ = inspect.signature(original).replace(
-        parameters=[*named, *extra, *[q for q in params.values() if q.kind == q.VAR_KEYWORD]])
-    forward._llmft_prefix_cache = True
-    model.forward = forward  # this instance only: PEFT reads the signature of this bound forward
-    return model
 
 
 ENCODER_STATE = "prompt_encoder.safetensors"
@@ -181,10 +153,7 @@ def prompt_encoder_checkpoints():
             adapter = folder / "adapter_model.safetensors"
             embedding = next((p for n, p in params.items() if n.endswith("embedding.weight")), None)
             if adapter.is_file() and embedding is not None:
-                tensors = load_file(str(adapter))
-                if tensors.get("prompt_embeddings") is not None and tensors["prompt_embeddings"].shape != embedding.shape:
-                    tensors["prompt_embeddings"] = embedding.detach().cpu().contiguous()  # restored above anyway
-                    save_file(tensors, str(adapter), metadata={"format": "pt"})
+                loadable_prompt_embeddings(adapter, embedding)  # its weights: restored from ENCODER_STATE
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step > 0:

@@ -4,29 +4,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from llmft.core.config import StrategyConfig
-from llmft.core.errors import UserError, require_one_of
-from llmft.strategies.prefix import SoftPrompt
+from llmft.core.config import StrategyConfig, choice
+from llmft.core.errors import UserError
+from llmft.runtime.hf_private import model_source
+from llmft.strategies.prefix import HEADS, SoftPrompt
 
 
 @dataclass
 class PromptTuningStrategyConfig(StrategyConfig):
-    name: str = "prompt_tuning"
+    lr: float = 1e-2  # a soft prompt needs a high rate (Lester et al. used 0.3 with Adafactor)
+    weight_decay: float = 0.0
     num_virtual_tokens: int = 20
-    head: str = "classifier"  # classifier | verbalizer (the causal LM's own head at data.prompt.verbalizer)
-    init: str = "random"  # random | text
+    head: str = choice(*HEADS)  # verbalizer: the causal LM's own head at data.prompt.verbalizer's words
+    init: str = choice("random", "text")
     init_text: Optional[str] = None  # with init=text: the soft prompt starts as these tokens
 
 
 class PromptTuning(SoftPrompt):
-    name = "prompt_tuning"
     config = PromptTuningStrategyConfig
 
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         super().validate_config(run_cfg)
         s = run_cfg.strategy
-        require_one_of("strategy.init", s.init, ("random", "text"))
         if s.init == "text" and not s.init_text:
             raise UserError("strategy.init_text is required with strategy.init=text")
 
@@ -43,5 +43,5 @@ class PromptTuning(SoftPrompt):
         )
 
     def apply(self, model):
-        self.tokenizer_path = model.config._name_or_path  # text init tokenizes with the model's tokenizer
+        self.tokenizer_path = model_source(model)  # text init tokenizes with the model's tokenizer
         return super().apply(model)

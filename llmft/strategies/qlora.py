@@ -6,22 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from llmft.core.errors import UserError, require_one_of
+from llmft.core.config import choice
+from llmft.core.errors import UserError
 from llmft.strategies.lora import LoRA, LoraStrategyConfig
 
 
 @dataclass
 class QLoraStrategyConfig(LoraStrategyConfig):
-    name: str = "qlora"
-    quant_type: str = "nf4"  # nf4 | fp4
+    quant_type: str = choice("nf4", "fp4")
     double_quant: bool = True  # quantize the quantization constants too
-    compute_dtype: str = "auto"  # auto (bf16 with hardware.precision=bf16, else fp32) | fp32 | bf16 | fp16
+    compute_dtype: str = choice("auto", "fp32", "bf16", "fp16")  # auto: bf16 with hardware.precision=bf16, else fp32
     # Modules kept in full precision: the task heads (they train in full) and BERT's pooler.
     skip_modules: List[str] = field(default_factory=lambda: ["classifier", "score", "pooler"])
 
 
 class QLoRA(LoRA):
-    name = "qlora"
     config = QLoraStrategyConfig
     zero_stages = 2
     zero_note = "4-bit weights are not sharded"
@@ -31,9 +30,6 @@ class QLoRA(LoRA):
     @classmethod
     def validate_config(cls, run_cfg) -> None:
         super().validate_config(run_cfg)
-        s = run_cfg.strategy
-        require_one_of("strategy.quant_type", s.quant_type, ("nf4", "fp4"))
-        require_one_of("strategy.compute_dtype", s.compute_dtype, ("auto", "fp32", "bf16", "fp16"))
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:

@@ -1,15 +1,6 @@
 """rsLoRA (PEFT): rank-stabilised LoRA, the update scaled by alpha / sqrt(r) (PEFT's use_rslora)."""
-from dataclasses import dataclass
-
-from llmft.strategies.lora import LoRA, LoraStrategyConfig
+from llmft.strategies.lora import LoRA
 
 
-@dataclass
-class RsLoraStrategyConfig(LoraStrategyConfig):
-    name: str = "rslora"
-
-
-class RsLoRA(LoRA):
-    name = "rslora"
-    config = RsLoraStrategyConfig
+class RsLoRA(LoRA):  # LoRA's schema and knobs
     rank_stabilized = True

@@ -1,5 +1,5 @@
 """Zero-shot prompting: no training. Each input is rendered with data.prompt.template and the label
-whose verbalizer words the LM scores highest wins (see llmft/prompting.py). With ``calibrate``,
+whose verbalizer words the LM scores highest wins (see llmft/models/prompting.py). With ``calibrate``,
 contextual calibration divides out the label scores of a content-free input first."""
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ LM_CLASSES = {"causal": "AutoModelForCausalLM", "masked": "AutoModelForMaskedLM"
 
 @dataclass
 class ZeroShotStrategyConfig(StrategyConfig):
-    name: str = "zero_shot"
     calibrate: bool = True  # contextual calibration with data.prompt.content_free
 
 
 class ZeroShot(Strategy):
-    name = "zero_shot"
     config = ZeroShotStrategyConfig
     zero_stages = 0
     zero_note = "nothing trains"

@@ -12,38 +12,44 @@ from pathlib import Path
 
 from llmft.core.errors import UserError, require
 from llmft.tasks import tasks_that
+from llmft.techniques import Technique
 
 
-def validate(cfg, task, strategy) -> None:
-    d = cfg.train.distill
-    if not d.teacher:
-        require(d.student_layers == 0, "train.distill.student_layers",
-                "builds a student from a teacher's blocks: add train.distill.teacher=RUN/model (or use llmft distill)")
-        return
-    require(task.logits is not None, "train.distill.teacher",
-            f"distillation covers {tasks_that(lambda t: t.logits is not None)} (got data.task={cfg.data.task})")
-    require(Path(d.teacher).exists(), "train.distill.teacher", f"not found: {d.teacher}")
-    require(d.temperature > 0, "train.distill.temperature", "must be > 0")
-    require(0 <= d.alpha <= 1, "train.distill.alpha", f"must be in [0, 1] (got {d.alpha})")
-    require(d.student_layers >= 0, "train.distill.student_layers", "must be >= 0")
-    per_example = lambda t: t.logits in ("sequence", "token")  # noqa: E731
-    require(not d.cache or per_example(task), "train.distill.cache",
-            f"caches per-example logits for {tasks_that(per_example)}; a causal LM's are vocabulary-sized")
-    require(not cfg.model.crf, "train.distill.teacher",
-            "does not combine with model.crf=true (distillation replaces the CRF's loss, so the transitions "
-            "would not train)")
+class Distillation(Technique):
+    """The student's starting point; its loss term is objective.py's."""
+
+    keys = ("train.distill",)
+
+    def validate(self, cfg, task, strategy) -> None:
+        d = cfg.train.distill
+        if not d.teacher:
+            require(d.student_layers == 0, "train.distill.student_layers",
+                    "builds a student from a teacher's blocks: add train.distill.teacher=RUN/model "
+                    "(or use llmft distill)")
+            return
+        require(task.logits is not None, "train.distill.teacher",
+                f"distillation covers {tasks_that(lambda t: t.logits is not None)} (got data.task={cfg.data.task})")
+        require(Path(d.teacher).exists(), "train.distill.teacher", f"not found: {d.teacher}")
+        require(d.temperature > 0, "train.distill.temperature", "must be > 0")
+        require(0 <= d.alpha <= 1, "train.distill.alpha", f"must be in [0, 1] (got {d.alpha})")
+        require(d.student_layers >= 0, "train.distill.student_layers", "must be >= 0")
+        per_example = lambda t: t.logits in ("sequence", "token")  # noqa: E731
+        require(not d.cache or per_example(task), "train.distill.cache",
+                f"caches per-example logits for {tasks_that(per_example)}; a causal LM's are vocabulary-sized")
+        require(not cfg.model.crf, "train.distill.teacher",
+                "does not combine with model.crf=true (distillation replaces the CRF's loss, so the transitions "
+                "would not train)")
+
+    def source(self, run) -> None:
+        """student_layers > 0: the run trains a student built from the teacher's blocks under
+        ``<run>/student_init``."""
+        d = run.cfg.train.distill
+        if d.student_layers > 0:
+            run.source = str(init_from_teacher(teacher_dir(d.teacher), run.task, d.student_layers,
+                                               Path(run.dir.path) / "student_init", run.cfg.model.trust_remote_code))
 
 
-def model_path(cfg, task, run_path: Path) -> str:
-    """What the run trains from: model.name_or_path, or (student_layers > 0) a student built from
-    the teacher's blocks under ``<run>/student_init``."""
-    from llmft.models.loading import resolve_model_path
-
-    d = cfg.train.distill
-    if d.student_layers <= 0:
-        return resolve_model_path(cfg.model.name_or_path)
-    return str(init_from_teacher(teacher_dir(d.teacher), task, d.student_layers, Path(run_path) / "student_init",
-                                 cfg.model.trust_remote_code))
+technique = Distillation()
 
 
 def kept_blocks(total: int, keep: int) -> list[int]:

@@ -19,40 +19,54 @@ import copy
 
 from llmft.core.errors import UserError, require
 from llmft.core.paths import resolve_path
+from llmft.techniques import Technique
 
 if TYPE_CHECKING:
     pass
 
 TASK_ID = "task_id"  # the column naming each example's task (0: the main one; models/heads.py)
 
-def validate(cfg, task, strategy) -> None:
-    """Each entry a mapping with a kind the task trains with, an existing file, a weight in (0, 1)."""
-    if not cfg.data.aux:
-        return
-    from llmft.tasks import TASKS
+class MultiTask(Technique):
+    keys = ("data.aux",)
 
-    total = 0.0
-    for i, aux in enumerate(cfg.data.aux):
-        key = f"data.aux[{i}]"
-        kind = aux.kind  # one of the schema's (core/config.py AuxConfig)
-        if kind not in task.aux_kinds:
-            needs = next(n for n in TASKS.names() if kind in TASKS.get(n).aux_kinds)
-            raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
-        path = resolve_path(aux["train_file"], key=f"{key}.train_file")
-        if not path.is_file():
-            raise UserError(f"{key}.train_file: file not found: {path}")
-        weight = float(aux.weight)
-        if not 0 < weight < 1:
-            raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
-        total += weight
-    if total >= 1:
-        raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
-    if any(aux.kind == "classification" for aux in cfg.data.aux):
-        t = cfg.train
-        for key, on in (("train.class_weights", t.class_weights not in (None, "none")), ("train.loss", t.loss != "ce"),
-                        ("train.distill.teacher", bool(t.distill.teacher)), ("data.sampler", cfg.data.sampler != "random")):
-            require(not on, key, "does not combine with data.aux of kind classification (the aux rows have "
-                                  "their own labels and head; it would score them as main-task labels)")
+    def validate(self, cfg, task, strategy) -> None:
+        """Each entry a mapping with a kind the task trains with, an existing file, a weight in (0, 1)."""
+        if not cfg.data.aux:
+            return
+        from llmft.tasks import TASKS
+
+        total = 0.0
+        for i, aux in enumerate(cfg.data.aux):
+            key = f"data.aux[{i}]"
+            kind = aux.kind  # one of the schema's (core/config.py AuxConfig)
+            if kind not in task.aux_kinds:
+                needs = next(n for n in TASKS.names() if kind in TASKS.get(n).aux_kinds)
+                raise UserError(f"{key}.kind={kind} goes with data.task={needs} (got {cfg.data.task})")
+            path = resolve_path(aux["train_file"], key=f"{key}.train_file")
+            if not path.is_file():
+                raise UserError(f"{key}.train_file: file not found: {path}")
+            weight = float(aux.weight)
+            if not 0 < weight < 1:
+                raise UserError(f"{key}.weight: must be in (0, 1) (the share of training examples; got {weight})")
+            total += weight
+        if total >= 1:
+            raise UserError(f"data.aux: the weights add up to {total:g}; the main task needs a share too (< 1 in all)")
+        if any(aux.kind == "classification" for aux in cfg.data.aux):
+            t = cfg.train
+            for key, on in (("train.class_weights", t.class_weights not in (None, "none")),
+                            ("train.loss", t.loss != "ce"), ("train.distill.teacher", bool(t.distill.teacher)),
+                            ("data.sampler", cfg.data.sampler != "random")):
+                require(not on, key, "does not combine with data.aux of kind classification (the aux rows have "
+                                      "their own labels and head; it would score them as main-task labels)")
+
+    def train_set(self, run) -> None:
+        """The aux sets mixed into the train split, the aux heads and their optimizer groups; the
+        record's "aux" (None without data.aux or training)."""
+        run.train_set, run.model, run.param_groups, run.record["aux"] = attach(
+            run.cfg, run.task, run.tokenizer, run.train_set, run.model, run.param_groups)
+
+
+technique = MultiTask()
 
 
 def attach(cfg, task, tokenizer, train_set, model, param_groups) -> tuple:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from llmft.core.errors import require
 from llmft.tasks import tasks_that
+from llmft.techniques import Technique
 
 if TYPE_CHECKING:
     import torch
@@ -24,28 +25,38 @@ if TYPE_CHECKING:
 IGNORE = -100
 
 
-def validate(cfg, task, strategy) -> None:
-    """train.loss / class_weights / focal_gamma (the L2-SP and distillation terms: retention.py,
-    distillation.py)."""
-    from omegaconf import OmegaConf
+class Loss(Technique):
+    """The run's Objective (``from_config``): the task term, distillation's, L2-SP's."""
 
-    t = cfg.train
-    labelled = lambda k: k.logits in ("sequence", "token")  # noqa: E731  (a label per example or token)
-    if t.loss != "ce" or t.class_weights not in (None, "none"):
-        require(labelled(task), "train.loss" if t.loss != "ce" else "train.class_weights",
-                f"applies to {tasks_that(labelled)} (got data.task={cfg.data.task})")
-        require(not cfg.model.crf, "model.crf", "the CRF has its own loss: drop train.loss / train.class_weights")
-    cw = t.class_weights
-    if cw not in (None, "none", "balanced"):
-        require(isinstance(cw, (list, tuple)) or OmegaConf.is_list(cw), "train.class_weights",
-                f"must be none, balanced or a list of weights, one per label (got {cw})")
-        require(all(isinstance(w, (int, float)) and w >= 0 for w in cw), "train.class_weights",
-                "weights must be numbers >= 0")
-        require(any(w > 0 for w in cw), "train.class_weights",
-                f"all weights are 0 (got {list(cw)}): the loss would be 0 and nothing would train; give each "
-                "label a weight > 0")
-    require(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
+    keys = ("train.loss", "train.focal_gamma", "train.class_weights")
 
+    def validate(self, cfg, task, strategy) -> None:
+        """train.loss / class_weights / focal_gamma (the L2-SP and distillation terms: retention.py,
+        distillation.py)."""
+        from omegaconf import OmegaConf
+
+        t = cfg.train
+        labelled = lambda k: k.logits in ("sequence", "token")  # noqa: E731  (a label per example or token)
+        if t.loss != "ce" or t.class_weights not in (None, "none"):
+            require(labelled(task), "train.loss" if t.loss != "ce" else "train.class_weights",
+                    f"applies to {tasks_that(labelled)} (got data.task={cfg.data.task})")
+            require(not cfg.model.crf, "model.crf", "the CRF has its own loss: drop train.loss / train.class_weights")
+        cw = t.class_weights
+        if cw not in (None, "none", "balanced"):
+            require(isinstance(cw, (list, tuple)) or OmegaConf.is_list(cw), "train.class_weights",
+                    f"must be none, balanced or a list of weights, one per label (got {cw})")
+            require(all(isinstance(w, (int, float)) and w >= 0 for w in cw), "train.class_weights",
+                    "weights must be numbers >= 0")
+            require(any(w > 0 for w in cw), "train.class_weights",
+                    f"all weights are 0 (got {list(cw)}): the loss would be 0 and nothing would train; give each "
+                    "label a weight > 0")
+        require(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
+
+    def objective(self, run) -> None:
+        run.objective = from_config(run.cfg, run.task, run.strategy, run.model, run.train_set, run.tokenizer)
+
+
+technique = Loss()
 
 
 class Objective:

@@ -14,6 +14,8 @@
     model/: the members' model/ folders are listed in results.json["pet"]).
 Every member's and the ensemble's metrics (held-out and validation) and wall time are in
 results.json["pet"]; each stage is a whole run (a rerun after a kill skips the finished ones).
+What the ensemble is made of (when there is one, its patterns and stages, the final classifier)
+is the strategy's to say (strategies/pet.py); this module runs it.
 """
 from __future__ import annotations
 
@@ -21,44 +23,44 @@ import time
 from pathlib import Path
 
 from llmft.core.errors import require
+from llmft.techniques import Technique
 
 GROWTH = 5  # iPET: labelled x GROWTH^g pseudo-labelled rows per model in generation g
 
 
-def validate(cfg, task, strategy) -> None:
-    """The PET strategy's ensemble knobs are checked in strategies/pet.py; here: what they need."""
-    s = cfg.strategy
-    if s.name != "pet" or not s.get("ensemble", False):
-        return
-    has_pool = bool(cfg.data.unlabeled_file) or cfg.data.unlabeled_from_train > 0
-    require(s.generations == 1 or has_pool, "strategy.generations",
-            "iPET labels unlabelled data between generations: add data.unlabeled_file=PATH or "
-            "data.unlabeled_from_train=N")
-    if s.final == "classifier" and has_pool:
-        t = cfg.train
-        require(t.loss == "ce" and t.class_weights in (None, "none") and cfg.data.sampler == "random",
-                "strategy.final", "the final classifier learns soft labels: drop train.loss / train.class_weights "
-                "/ data.sampler (they need hard labels), or set strategy.final=none")
-        require(not t.distill.teacher, "strategy.final", "the ensemble is the final classifier's teacher already: "
-                "drop train.distill.teacher")
+class PatternEnsemble(Technique):
+    """Runs the stages of a strategy that trains one model per prompt pattern (its keys are the
+    strategy's: strategy.ensemble, generations, final, ...)."""
+
+    def validate(self, cfg, task, strategy) -> None:
+        """The PET strategy's ensemble knobs are checked in strategies/pet.py; here: what they need."""
+        if not strategy.pattern_ensemble(cfg):
+            return
+        s = cfg.strategy
+        has_pool = bool(cfg.data.unlabeled_file) or cfg.data.unlabeled_from_train > 0
+        require(s.generations == 1 or has_pool, "strategy.generations",
+                "iPET labels unlabelled data between generations: add data.unlabeled_file=PATH or "
+                "data.unlabeled_from_train=N")
+        if s.final == "classifier" and has_pool:
+            t = cfg.train
+            require(t.loss == "ce" and t.class_weights in (None, "none") and cfg.data.sampler == "random",
+                    "strategy.final", "the final classifier learns soft labels: drop train.loss / train.class_weights "
+                    "/ data.sampler (they need hard labels), or set strategy.final=none")
+            require(not t.distill.teacher, "strategy.final", "the ensemble is the final classifier's teacher already: "
+                    "drop train.distill.teacher")
+
+    def stages(self, cfg):
+        return run if ensemble(cfg) else None
 
 
-def plan(cfg):
-    s = cfg.strategy
-    return run if s.name == "pet" and s.get("ensemble", False) else None
+technique = PatternEnsemble()
 
 
-def patterns(cfg) -> list[dict]:
-    """[{template, verbalizer}] with a missing verbalizer taken from data.prompt.verbalizer."""
-    from omegaconf import OmegaConf
+def ensemble(cfg) -> bool:
+    """The config's strategy trains an ensemble of prompt patterns (strategies/pet.py says when)."""
+    from llmft.strategies import strategy_class
 
-    prompt = cfg.data.prompt
-    default = OmegaConf.to_container(prompt.verbalizer) if prompt.verbalizer is not None else None
-    out = []
-    for p in prompt.patterns:
-        p = OmegaConf.to_container(p) if OmegaConf.is_config(p) else dict(p)
-        out.append({"template": p["template"], "verbalizer": p.get("verbalizer") or default})
-    return out
+    return strategy_class(cfg.strategy.name).pattern_ensemble(cfg)
 
 
 def average(scores: list):
@@ -70,25 +72,24 @@ def average(scores: list):
 
 def run(run_once, cfg, run_path, callbacks) -> dict:
     from llmft.data.files import load_splits
+    from llmft.strategies import strategy_class
     from llmft.tasks import build_task
     import numpy as np
 
     from llmft.techniques.unlabeled import SOFT, label_scores, stage_config, stage_dir, write_rows
 
     s = cfg.strategy
+    strategy = strategy_class(s.name)  # it says what the ensemble is made of
     task = build_task(cfg.data)
     splits = load_splits(cfg.data, task)
     pool = splits.get("unlabeled")
-    pats = patterns(cfg)
+    pats = strategy.ensemble_patterns(cfg)
     added = [None] * len(pats)
     members, report = [], {"patterns": pats, "generations": []}
     for g in range(s.generations):
         members, stages = [], []
-        for i, pattern in enumerate(pats):
-            name = f"pattern-{i}" if s.generations == 1 else f"gen{g}-pattern-{i}"
-            stage = stage_config(cfg, name, added[i], **{"data.prompt.template": pattern["template"],
-                                                         "data.prompt.verbalizer": pattern["verbalizer"],
-                                                         "strategy.ensemble": False})
+        for i, (name, changes) in enumerate(strategy.ensemble_stages(cfg, g)):
+            stage = stage_config(cfg, name, added[i], **changes)
             results = run_once(stage, stage_dir(run_path, name), extra_train=added[i])
             members.append(stage_dir(run_path, name) / "model")
             stages.append({"stage": name, "model_dir": str(members[-1]), "trained_on": results["num_train_examples"],
@@ -109,10 +110,12 @@ def run(run_once, cfg, run_path, callbacks) -> dict:
         soft = soft_labels(task, pool, [label_scores(m, task, pool, cfg) for m in members], s.temperature)
         write_rows(Path(run_path) / "soft_labels.jsonl", soft, task.labels, np.array(soft[SOFT]))
         report["soft_labelling_s"] = round(time.perf_counter() - started, 1)
-        final = final_config(cfg, soft)
-        report["final"] = {"strategy": "full", "model": final.model.name_or_path, "lr": final.strategy.lr}
-        # the run is PET's (results.json names it so); its model/ is the final classifier (a full model)
-        return run_once(final, run_path, callbacks, extra_train=soft, report={"strategy": "pet", "pet": report})
+        kind, section, changes = strategy.final_classifier(cfg)
+        final = stage_config(cfg, "final", soft, **changes)
+        final.strategy = section
+        report["final"] = {"strategy": kind, "model": final.model.name_or_path, "lr": final.strategy.lr}
+        # the run is the ensemble's strategy's (results.json names it so); its model/ is the final classifier
+        return run_once(final, run_path, callbacks, extra_train=soft, report={"strategy": s.name, "pet": report})
     report["final"] = "none" if s.final == "none" else "none: no unlabelled data to soft-label"
     return write_ensemble(cfg, run_path, task, splits, average(ensemble["eval"]), metrics, report)
 
@@ -148,27 +151,11 @@ def soft_labels(task, pool, scores: list, temperature: float):
     return labelled(pool, None, soft=softmax(average(scores), temperature))
 
 
-def final_config(cfg, soft):
-    """The final classifier's run: strategy=full (a sequence-classification head on the same model)."""
-    from omegaconf import OmegaConf
-
-    from llmft.strategies import strategy_configs
-    from llmft.techniques.unlabeled import stage_config
-
-    full = OmegaConf.merge(OmegaConf.structured(strategy_configs()["full"]), {"lr": cfg.strategy.final_lr})
-    changes = {"train.lr": cfg.strategy.final_lr}
-    if cfg.strategy.final_model:
-        changes.update({"model.name_or_path": cfg.strategy.final_model, "model.name": cfg.strategy.final_model,
-                        "model.revision": None})
-    final = stage_config(cfg, "final", soft, **changes)
-    final.strategy = full
-    return final
-
-
 def write_ensemble(cfg, run_path, task, splits, scores, metrics: dict, report: dict) -> dict:
     """RUN's results.json and predictions.jsonl when the ensemble is the result."""
     from llmft.runtime.display import print_results
     from llmft.runtime.run_dir import RunDir, fingerprint
+    from llmft.runtime.results import completed, run_identity
 
     run = RunDir(run_path)
     ident = fingerprint(cfg)
@@ -176,14 +163,12 @@ def write_ensemble(cfg, run_path, task, splits, scores, metrics: dict, report: d
     run.start(cfg, fingerprint=ident["fingerprint"])
     records = task.prediction_records(splits["eval"], scores)
     baseline = task.baseline(splits["train"], splits["eval"])
-    results = {"status": "completed", "run_dir": str(run.path), "fingerprint": ident["fingerprint"],
-               "experiment": cfg.experiment, "task": task.name, "model": cfg.model.name, "data": cfg.data.name,
-               "strategy": cfg.strategy.name, "seed": cfg.seed, "primary_metric": task.primary_metric,
-               "num_train_examples": len(splits["train"]), "num_eval_examples": len(splits["eval"]),
-               "eval": metrics["eval"], "validation": metrics.get("validation"),
-               "num_validation_examples": len(splits["validation"]) if "validation" in splits else 0,
-               "baseline": baseline, "warnings": task.warnings(metrics["eval"], baseline, records),
-               "train": None, "params": ensemble_params(report), "pet": report}
+    results = completed("pet_ensemble", **run_identity(cfg, task, run.path, ident["fingerprint"]),
+                        num_train_examples=len(splits["train"]), num_eval_examples=len(splits["eval"]),
+                        eval=metrics["eval"], validation=metrics.get("validation"),
+                        num_validation_examples=len(splits["validation"]) if "validation" in splits else 0,
+                        baseline=baseline, warnings=task.warnings(metrics["eval"], baseline, records),
+                        train=None, params=ensemble_params(report), pet=report)
     run.write_predictions(records)
     run.write_results(results)
     print_results(results)

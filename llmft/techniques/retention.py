@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llmft.core.errors import require
 from llmft.tasks import tasks_that
+from llmft.techniques import Technique
 
 
 
@@ -29,21 +30,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def validate(cfg, task, strategy) -> None:
-    r = cfg.train.retention
-    require(r.l2sp >= 0, "train.retention.l2sp", f"must be >= 0 (got {r.l2sp})")
-    if r.l2sp > 0:
-        require(strategy.trains and not strategy.saves_adapter, "train.retention.l2sp",
-                f"anchors pretrained weights; strategy={cfg.strategy.name} trains only new parameters "
-                f"(use train.weight_decay)")
-        require(cfg.hardware.zero_stage < 3, "train.retention.l2sp",
-                "needs whole parameters; under ZeRO-3 they are sharded: use hardware.zero_stage<=2")
-    if r.eval_file:
-        require(Path(r.eval_file).is_file(), "train.retention.eval_file", f"file not found: {r.eval_file}")
-        own_head = lambda t: t.logits == "causal"  # noqa: E731
-        require(own_head(task), "train.retention.eval_file",
-                f"perplexity needs the model's own LM head, which data.task={tasks_that(own_head)} trains; a "
-                f"{cfg.data.task} model replaces it with a task head (drop the key)")
+class Retention(Technique):
+    keys = ("train.retention",)
+
+    def validate(self, cfg, task, strategy) -> None:
+        r = cfg.train.retention
+        require(r.l2sp >= 0, "train.retention.l2sp", f"must be >= 0 (got {r.l2sp})")
+        if r.l2sp > 0:
+            require(strategy.trains and not strategy.saves_adapter, "train.retention.l2sp",
+                    f"anchors pretrained weights; strategy={cfg.strategy.name} trains only new parameters "
+                    f"(use train.weight_decay)")
+            require(cfg.hardware.zero_stage < 3, "train.retention.l2sp",
+                    "needs whole parameters; under ZeRO-3 they are sharded: use hardware.zero_stage<=2")
+        if r.eval_file:
+            require(Path(r.eval_file).is_file(), "train.retention.eval_file", f"file not found: {r.eval_file}")
+            own_head = lambda t: t.logits == "causal"  # noqa: E731
+            require(own_head(task), "train.retention.eval_file",
+                    f"perplexity needs the model's own LM head, which data.task={tasks_that(own_head)} trains; a "
+                    f"{cfg.data.task} model replaces it with a task head (drop the key)")
+
+    def trained(self, run) -> None:
+        run.record["retention"] = report_for(run.cfg, run.task, run.strategy, run.trainer, run.tokenizer,
+                                             run.sets["eval"], run.dir.path, run.source)
+
+
+technique = Retention()
 
 
 def report_for(cfg, task, strategy, trainer, tokenizer, eval_set, run_path, base_path: str) -> dict | None:

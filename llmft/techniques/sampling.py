@@ -8,20 +8,34 @@ batch B draw the same batches as one process of batch N x B."""
 from __future__ import annotations
 
 from llmft.core.errors import require
+from llmft.techniques import Technique
 
 GROUPED_TASKS = ("classification", "ner", "qa")  # on by default: dynamic padding, short inputs of varied length
 WINDOW = 50  # batches sorted together: 98 % real tokens on the tweets (59 % at random)
 
 
-def validate(cfg, task, strategy) -> None:
-    if cfg.data.sampler == "balanced":
-        require(task.logits == "sequence", "data.sampler",
-                f"balanced applies to classification (got {cfg.data.task})")
-    if cfg.data.group_by_length:
-        require(cfg.data.sampler == "random", "data.group_by_length",
-                "groups the random order; data.sampler=balanced draws its own (set data.group_by_length=false)")
-        require(not getattr(cfg.data, "packing", False), "data.group_by_length",
-                "data.packing already removes the padding (set data.group_by_length=false)")
+class Sampling(Technique):
+    keys = ("data.sampler", "data.group_by_length")
+
+    def validate(self, cfg, task, strategy) -> None:
+        if cfg.data.sampler == "balanced":
+            require(task.logits == "sequence", "data.sampler",
+                    f"balanced applies to classification (got {cfg.data.task})")
+        if cfg.data.group_by_length:
+            require(cfg.data.sampler == "random", "data.group_by_length",
+                    "groups the random order; data.sampler=balanced draws its own (set data.group_by_length=false)")
+            require(not getattr(cfg.data, "packing", False), "data.group_by_length",
+                    "data.packing already removes the padding (set data.group_by_length=false)")
+
+    def trainer(self, run) -> None:
+        run.sampler = train_sampler(run.cfg, run.train_set)
+
+    def trained(self, run) -> None:
+        if run.figures:
+            run.figures["group_by_length"] = grouped(run.cfg)
+
+
+technique = Sampling()
 
 
 def grouped(cfg) -> bool:

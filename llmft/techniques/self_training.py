@@ -15,28 +15,33 @@ from __future__ import annotations
 import logging
 
 from llmft.core.errors import require
+from llmft.techniques import Technique
 
 log = logging.getLogger(__name__)
 
 
-def validate(cfg, task, strategy) -> None:
-    st = cfg.train.self_training
-    require(st.rounds >= 0, "train.self_training.rounds", f"must be >= 0 (got {st.rounds})")
-    if st.rounds == 0:
-        return
-    require(0 < st.threshold <= 1, "train.self_training.threshold", f"must be in (0, 1] (got {st.threshold})")
-    require(st.max_per_round is None or st.max_per_round >= 1, "train.self_training.max_per_round",
-            "must be >= 1 or null (no cap)")
-    require(strategy.trains, "train.self_training", f"strategy={strategy.name} trains nothing to pseudo-label with")
-    require(bool(cfg.data.unlabeled_file) or cfg.data.unlabeled_from_train > 0, "train.self_training.rounds",
-            "needs unlabelled inputs: data.unlabeled_file=PATH or data.unlabeled_from_train=N")
-    require(not (cfg.strategy.name == "pet" and cfg.strategy.get("ensemble", False)), "train.self_training",
-            "PET's ensemble already labels the unlabelled data (strategy.generations=K for iPET); use one")
+class SelfTraining(Technique):
+    keys = ("train.self_training",)
+
+    def validate(self, cfg, task, strategy) -> None:
+        st = cfg.train.self_training
+        require(st.rounds >= 0, "train.self_training.rounds", f"must be >= 0 (got {st.rounds})")
+        if st.rounds == 0:
+            return
+        require(0 < st.threshold <= 1, "train.self_training.threshold", f"must be in (0, 1] (got {st.threshold})")
+        require(st.max_per_round is None or st.max_per_round >= 1, "train.self_training.max_per_round",
+                "must be >= 1 or null (no cap)")
+        require(strategy.trains, "train.self_training", f"strategy={strategy.name} trains nothing to pseudo-label with")
+        require(bool(cfg.data.unlabeled_file) or cfg.data.unlabeled_from_train > 0, "train.self_training.rounds",
+                "needs unlabelled inputs: data.unlabeled_file=PATH or data.unlabeled_from_train=N")
+        require(not strategy.pattern_ensemble(cfg), "train.self_training",
+                "PET's ensemble already labels the unlabelled data (strategy.generations=K for iPET); use one")
+
+    def stages(self, cfg):
+        return run if cfg.train.self_training.rounds > 0 else None
 
 
-def plan(cfg):
-    """The staged runner when self-training is on, else None."""
-    return run if cfg.train.self_training.rounds > 0 else None
+technique = SelfTraining()
 
 
 def confident(probs, threshold: float, limit: int | None) -> list[int]:

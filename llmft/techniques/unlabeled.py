@@ -16,32 +16,48 @@ import json
 from pathlib import Path
 
 from llmft.core.errors import require
+from llmft.techniques import Technique
 
 SOFT = "_soft"  # a row's target distribution, when the train split has one
 
 
-def validate(cfg, task, strategy) -> None:
-    """Unlabelled data only where a technique reads it, for a classification task, in one process."""
-    d = cfg.data
-    given = bool(d.unlabeled_file) or d.unlabeled_from_train > 0
-    users = consumers(cfg)
-    if given:
-        require(bool(users), "data.unlabeled_file" if d.unlabeled_file else "data.unlabeled_from_train",
-                "nothing reads unlabelled data in this run: set train.self_training.rounds=N, or "
-                "+strategy=pet strategy.ensemble=true")
-    if users:
-        require(task.logits == "sequence" and not cfg.data.aux and not cfg.model.get("crf", False), "data.task",
-                f"{users[0]} labels whole inputs: it needs a classification task without data.aux "
-                f"(got data.task={d.task})")
-        require(cfg.hardware.nproc_per_node * cfg.hardware.nnodes == 1, "hardware",
-                f"{users[0]} runs its stages in one process; use hardware=cpu or hardware=gpu")
+class Unlabeled(Technique):
+    """The unlabelled split set aside, a stage's rows added to the train split."""
+
+    keys = ("data.unlabeled_file", "data.unlabeled_from_train")
+
+    def validate(self, cfg, task, strategy) -> None:
+        """Unlabelled data only where a technique reads it, for a classification task, in one process."""
+        d = cfg.data
+        given = bool(d.unlabeled_file) or d.unlabeled_from_train > 0
+        users = consumers(cfg, strategy)
+        if given:
+            require(bool(users), "data.unlabeled_file" if d.unlabeled_file else "data.unlabeled_from_train",
+                    "nothing reads unlabelled data in this run: set train.self_training.rounds=N, or "
+                    "+strategy=pet strategy.ensemble=true")
+        if users:
+            require(task.logits == "sequence" and not cfg.data.aux and not cfg.model.get("crf", False), "data.task",
+                    f"{users[0]} labels whole inputs: it needs a classification task without data.aux "
+                    f"(got data.task={d.task})")
+            require(cfg.hardware.nproc_per_node * cfg.hardware.nnodes == 1, "hardware",
+                    f"{users[0]} runs its stages in one process; use hardware=cpu or hardware=gpu")
+
+    def splits(self, run) -> None:
+        run.splits = with_rows(run.splits, run.extra_train)
+
+    def train_set(self, run) -> None:
+        """PET's final classifier: the targets are the rows' distributions."""
+        run.train_set = soft_labels(run.train_set, run.splits["train"])
 
 
-def consumers(cfg) -> list[str]:
+technique = Unlabeled()
+
+
+def consumers(cfg, strategy) -> list[str]:
     out = []
     if cfg.train.self_training.rounds > 0:
         out.append("train.self_training")
-    if cfg.strategy.name == "pet" and cfg.strategy.get("ensemble", False):
+    if strategy.pattern_ensemble(cfg):
         out.append("strategy.ensemble")
     return out
 

@@ -1,6 +1,7 @@
-"""Every `llmft ...` command README.md shows runs as written.
+"""Every `llmft ...` command README.md and docs/*.md show composes and validates as written
+(test_docs_commands.py runs them).
 
-Each command is read out of README.md (code blocks, and inline spans that carry arguments), split
+Each command is read out of the pages (code blocks, and inline spans that carry arguments), split
 as the shell splits it, and checked as the CLI checks it before any work starts: overrides
 normalized, typed secrets refused, every sweep value composed and validated (cli/app.py
 preflight). It runs from a folder that holds what its placeholders name, laid out as the
@@ -25,6 +26,15 @@ from llmft.cli.table import COMMANDS
 from llmft.core.errors import UserError
 
 README = REPO / "README.md"
+
+
+def pages() -> list[Path]:
+    """README.md, then each docs/ page in the order the README's map (## Documentation) links it."""
+    text = README.read_text(encoding="utf-8")
+    linked = re.findall(r"\]\((docs/[\w.-]+\.md)\)", text[text.index("\n## Documentation"):])
+    return [README, *dict.fromkeys(REPO / link for link in linked)]
+
+
 RUN_NAME = "2026-01-01_00-00-00"  # <run> and <time>: a run or sweep folder named as Hydra names them
 # what a README placeholder stands for, in the folder the commands run from (see workspace())
 PLACEHOLDERS = {"<run>": RUN_NAME, "<time>": RUN_NAME, "<fp32 run>": "RUN", "<student run>": "STUDENT_RUN",
@@ -34,7 +44,7 @@ PLACEHOLDERS = {"<run>": RUN_NAME, "<time>": RUN_NAME, "<fp32 run>": "RUN", "<st
 ELIDED = {
     "llmft eval ... hardware.device_map=auto": "llmft eval model_dir=RUN/model hardware.device_map=auto",
     "llmft predict ... predict.backend=onnxruntime":
-        "llmft predict model_dir=RUN/onnx-int8 predict.input_file=x.jsonl predict.backend=onnxruntime",
+        "llmft predict model_dir=RUN/onnx-int8 predict.input_file=inputs.jsonl predict.backend=onnxruntime",
 }
 # Commands checked with a stand-in for what a test machine lacks (nothing is submitted or run):
 STAND_INS = {
@@ -112,7 +122,16 @@ def as_run(command: str) -> list[list[str]]:
     return runs
 
 
-COMMANDS_IN_README = readme_commands(README.read_text(encoding="utf-8"))
+def documented_commands() -> dict[str, list[str]]:
+    """{command as written: the "page:line"s showing it} over README.md and docs/*.md."""
+    found: dict[str, list[str]] = {}
+    for page in pages():
+        for command, lines in readme_commands(page.read_text(encoding="utf-8")).items():
+            found.setdefault(command, []).extend(f"{page.relative_to(REPO)}:{line}" for line in lines)
+    return found
+
+
+COMMANDS_IN_README = documented_commands()
 
 
 def check_args(argv: list[str]) -> None:
@@ -229,7 +248,7 @@ def workspace(tmp_path_factory) -> Path:
     meta = json.loads((run / "model" / "llmft.json").read_text())
     (onnx / "llmft.json").write_text(json.dumps({**meta, "strategy": "full", "format": "onnx-int8",
                                                  "source": str(run / "model")}))
-    for name in ("new.jsonl", "x.jsonl", "X.jsonl"):  # predict.input_file=...: unlabelled rows
+    for name in ("new.jsonl", "inputs.jsonl"):  # predict.input_file=...: what the pages' printf lines write
         (root / name).write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in make_rows(4, seed=3)))
     sweep = root / "multirun" / "train" / RUN_NAME  # a finished `llmft train -m +strategy=full,lora`
     for job, (strategy, accuracy) in enumerate([("full", 0.75), ("lora", 0.5)]):
@@ -257,10 +276,10 @@ def in_workspace(workspace, monkeypatch) -> Path:
 
 # ----------------------------------------------------------------------------------- tests
 def test_the_readme_commands_are_found():
-    """The reader finds the quick start and the inference block (so an empty list cannot pass)."""
+    """The reader finds the README's first run and the pages' commands (so an empty list cannot pass)."""
     for command in ("llmft train", "llmft train -m +strategy=full,lora",
                     "llmft predict model_dir=outputs/train/<run>/model predict.input_file=new.jsonl",
-                    "llmft merge-adapters inputs=[RUN_A/model,RUN_B/model] weights=[0.5,0.5]",
+                    "llmft merge-adapters inputs=[RUN_A/model,RUN_B/model] weights=[0.5,0.5] method=linear|ties|dare_ties",
                     "llmft bench-infer model_dir=RUN/model students=[STUDENT_RUN/model]",
                     "llmft train -m hydra/launcher=slurm hydra.launcher.partition=gpu hardware=gpu_zero3 "
                     "+strategy=lora train.lr=1e-4,3e-4",
@@ -275,13 +294,13 @@ def test_the_readme_commands_are_found():
 
 
 CHECKED = sorted((c for c in COMMANDS_IN_README if not c.startswith("llmft report") and c not in ELSEWHERE),
-                 key=lambda c: COMMANDS_IN_README[c][0])
+                 key=lambda c: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", COMMANDS_IN_README[c][0])])
 
 
-@pytest.mark.parametrize("command", CHECKED, ids=[f"L{COMMANDS_IN_README[c][0]}" for c in CHECKED])
+@pytest.mark.parametrize("command", CHECKED, ids=[COMMANDS_IN_README[c][0] for c in CHECKED])
 def test_a_readme_command_composes_and_validates(command, in_workspace):
     """As written (placeholders filled in): composes, every sweep value validates."""
-    where = f"README.md line(s) {COMMANDS_IN_README[command]}: `{command}`"
+    where = f"{', '.join(COMMANDS_IN_README[command])}: `{command}`"
     where += "".join(f" ({why})" for key, why in STAND_INS.items() if key in command)
     for argv in as_run(command):
         try:

@@ -276,7 +276,7 @@ def test_deepspeeds_loader_runs_no_code_and_still_loads_a_real_zero_checkpoint(t
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     from llmft.core.errors import UserError
-    from llmft.runtime.trainer import weights_only_loads
+    from llmft.runtime.hf_trainer import weights_only_loads
 
     run_dir = tmp_path / "zero"
     proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "hardware=cpu_zero2", "train.max_steps=2",

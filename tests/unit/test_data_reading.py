@@ -4,7 +4,7 @@ Values are read as the text of the file (a label "007" stays "007", "NA" is a cl
 named twice is refused), each reader honours data.encoding, QA answers and chats are checked
 before a model loads, IOB1 tags are converted to the BIO the CRF and the metrics assume, and
 predict reads its input by the input's own extension (or predict.format), not the training
-data's format.
+data's format. All in process: compose, validate, read.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, make_rows, read_jsonl, run_cli, tiny_train_args, write_csv
+from conftest import make_rows, write_csv
 
 
 def compose(command: str, *overrides: str):
@@ -385,28 +385,6 @@ def test_predict_refuses_an_input_of_unknown_format_before_loading(tmp_path):
     path.write_text('{"text": "a"}\n')
     with pytest.raises(UserError, match="predict.format"):
         validate(predict_cfg(path))
-
-
-def test_the_readme_predict_example_runs(tmp_path, tiny_data, tiny_bert):
-    """README: `llmft predict model_dir=outputs/train/<run>/model predict.input_file=new.jsonl`, after a
-    run on the default experiment's data config (a latin-1 CSV, data.format=csv)."""
-    run_dir = tmp_path / "run"
-    args = [a for a in tiny_train_args(tiny_bert, tiny_data, run_dir) if a != "data=csv"]
-    proc = run_cli("train", *args, "data=tweet_sentiment", "data.label_column=label", "data.max_train_samples=null")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    texts = ["the best café today", "awful monday", "007"]
-    new = jsonl(tmp_path / "new.jsonl", [{"text": t} for t in texts])
-    proc = run_cli("predict", f"model_dir={run_dir / 'model'}", f"predict.input_file={new}",
-                   f"hydra.run.dir={tmp_path / 'p'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = read_jsonl(tmp_path / "p" / "predictions.jsonl")
-    assert [r["text"] for r in records] == texts
-    assert all(r["prediction"] in ("negative", "neutral", "positive") for r in records)
-
-    numbers = jsonl(tmp_path / "numbers.jsonl", [{"text": "fine"}, {"text": 5}])
-    proc = run_cli("predict", f"model_dir={run_dir / 'model'}", f"predict.input_file={numbers}",
-                   f"hydra.run.dir={tmp_path / 'p2'}")
-    assert_user_error(proc, "numbers.jsonl", "'text'")
 
 
 def test_a_format_that_contradicts_the_extension_is_refused(tmp_path):

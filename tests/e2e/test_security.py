@@ -26,12 +26,9 @@ def data_args(tiny_data) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert, tiny_data) -> Path:
+def trained(trained_bert) -> Path:
     """A full fine-tuning run of tiny BERT; returns its model/."""
-    run_dir = tmp_path_factory.mktemp("security") / "run"
-    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.max_steps=2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir / "model"
+    return trained_bert / "model"
 
 
 def export(model_dir: Path, out: Path | str, log_dir: Path, *extra: str, cwd: Path | None = None):
@@ -179,7 +176,9 @@ def test_a_pickled_int8_export_is_refused_unread(tmp_path, trained, tiny_data):
 def test_no_unsafe_torch_load_in_llmft():
     import re
 
-    source = Path(__file__).resolve().parent.parent / "llmft"
+    from conftest import REPO
+
+    source = REPO / "llmft"
     calls = [(p.name, line) for p in source.rglob("*.py") for line in p.read_text().splitlines()
              if re.search(r"torch\.load\(", line) and "weights_only=True" not in line]
     assert calls == []

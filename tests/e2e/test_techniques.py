@@ -177,11 +177,8 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_bert, tiny_data
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_bert, tiny_data):
-    run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.epochs=3"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+def teacher(trained_bert):
+    return trained_bert
 
 
 def test_cached_teacher_equals_uncached(tmp_path, tiny_bert, tiny_data, teacher):

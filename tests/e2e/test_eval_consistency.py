@@ -183,37 +183,6 @@ def test_metrics_do_not_depend_on_the_eval_batch_size(one_process, case):
         assert m1["perplexity"] == pytest.approx(math.exp(alone), rel=1e-4)
 
 
-def test_token_loss_is_weighted_by_tokens_not_rows():
-    """Two rows with 1 and 3 target tokens: the split's loss is the mean over its 4 tokens, not
-    the mean of the two rows' means (nor of per-batch means)."""
-    import torch
-    from transformers.modeling_outputs import CausalLMOutput, TokenClassifierOutput
-
-    from llmft.runtime.split_loss import row_losses
-
-    # causal: logits at t score the label at t + 1; uniform over 4 words except where set
-    logits = torch.zeros(2, 4, 4)
-    logits[0, 0, 1] = math.log(3.0)  # p(label 1) = 3 / 6 = 0.5 for row 0's only target
-    labels = torch.tensor([[-100, 1, -100, -100], [-100, 2, 3, 0]])
-    sums, counts = row_losses("causal", CausalLMOutput(logits=logits), {"labels": labels})
-    assert counts.tolist() == [1, 3]
-    assert sums.tolist() == pytest.approx([math.log(2), 3 * math.log(4)], rel=1e-6)
-    assert (sums.sum() / counts.sum()).item() == pytest.approx((math.log(2) + 3 * math.log(4)) / 4, rel=1e-6)
-
-    # a packed row: the same two sequences, one after the other; split by position_ids
-    packed = torch.cat([logits[0], logits[1]])[None]
-    packed_labels = torch.cat([labels[0], labels[1]])[None]
-    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
-    sums_p, counts_p = row_losses("causal", CausalLMOutput(logits=packed),
-                                  {"labels": packed_labels, "position_ids": positions})
-    assert counts_p.tolist() == [1, 3] and sums_p.tolist() == pytest.approx(sums.tolist(), rel=1e-6)
-
-    # per-position tokens (NER, seq2seq): no shift
-    out = TokenClassifierOutput(logits=torch.zeros(1, 3, 5))
-    sums_t, counts_t = row_losses("token", out, {"labels": torch.tensor([[4, -100, 0]])})
-    assert counts_t.tolist() == [2] and sums_t.tolist() == pytest.approx([2 * math.log(5)], rel=1e-6)
-
-
 def _two_process_worker(rank: int, port: int, models: dict, out_file: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from conftest import REPO, read_jsonl, read_results, run_cli, tiny_train_args
 
-PROMPTING = {"zero_shot", "few_shot", "pet"}  # need an LM head and a prompt: tests/test_prompting.py
+PROMPTING = {"zero_shot", "few_shot", "pet"}  # need an LM head and a prompt: tests/e2e/test_prompting.py
 STRATEGIES = sorted(p.stem for p in (REPO / "configs" / "strategy").glob("*.yaml") if p.stem not in PROMPTING)
 MODELS = ["tiny_bert", "tiny_llama"]
 # Names of the parts of the two tiny models (2 blocks each).

@@ -35,12 +35,9 @@ def preflight(command: str, *overrides: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert, tiny_data) -> Path:
+def trained(trained_bert) -> Path:
     """One finished training run (its folder), shared by the cases below."""
-    run_dir = tmp_path_factory.mktemp("ownership") / "run"
-    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.max_steps=2"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
+    return trained_bert
 
 
 # ------------------------------------------------------------------ 1. a folder llmft did not write

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, read_jsonl, run_cli, tiny_train_args
+from conftest import assert_user_error, read_jsonl, run_cli
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -21,12 +21,9 @@ def snapshot(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert, tiny_data) -> Path:
+def trained(trained_bert) -> Path:
     """A tiny BERT classifier trained enough that its logits are not all alike; returns its model/."""
-    run_dir = tmp_path_factory.mktemp("onnx") / "run"
-    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.epochs=3"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir / "model"
+    return trained_bert / "model"
 
 
 def export(model_dir: Path, fmt: str, out: Path, log_dir: Path, *extra: str):

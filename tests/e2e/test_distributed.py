@@ -137,3 +137,58 @@ def test_zero3_prompt_tuning_saves_its_prompt(tmp_path, tiny_bert, tiny_data):
 
     prompt = load_file(run_dir / "model" / "adapter_model.safetensors")["prompt_embeddings"]
     assert prompt.shape[0] > 0 and prompt.abs().sum() > 0
+
+
+def _batch_worker(rank: int, port: int, models: dict, out_file: str) -> None:
+    """One of 2 gloo processes: one SGD step at batch 2 each (global batch 4), both loss kinds."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    import sys
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+
+    from conftest import UNIT
+
+    sys.path.insert(0, str(UNIT))
+    import test_hf_boundary as boundary
+
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, built in (("row_mean", boundary.classification(models["bert"])),
+                            ("token_mean", boundary.sft(models["chat"]))):
+            trainer = boundary.train(built, f"{tmp}/{kind}", batch=2, accum=1, ddp_backend="gloo")
+            out[kind] = {"grad_norm": trainer.state.log_history[0]["grad_norm"], "weights": boundary.weights(trainer)}
+    if rank == 0:
+        torch.save(out, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_processes_at_half_the_batch_train_like_one(tmp_path, tiny_bert, tiny_chat_llama):
+    """Batch 4 on one process = batch 2 on each of 2 (the unit tier checks B = B/k x k accumulation
+    steps): transformers multiplies a loss it takes for token-normalised by the process count, so a
+    row-mean loss would train at 2x the gradient; a token mean must count the tokens of both ranks."""
+    import socket
+    import sys
+
+    import torch
+    import torch.multiprocessing as mp
+    from conftest import UNIT
+
+    sys.path.insert(0, str(UNIT))
+    import test_hf_boundary as boundary
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out_file = tmp_path / "two.pt"
+    mp.start_processes(_batch_worker, args=(port, {"bert": str(tiny_bert), "chat": str(tiny_chat_llama)},
+                                            str(out_file)), nprocs=2, start_method="spawn")
+    two = torch.load(out_file)
+    for kind, built in (("row_mean", boundary.classification(tiny_bert)), ("token_mean", boundary.sft(tiny_chat_llama))):
+        one = boundary.train(built, tmp_path / kind, batch=4, accum=1)
+        assert two[kind]["grad_norm"] == pytest.approx(one.state.log_history[0]["grad_norm"], rel=1e-4), kind
+        boundary.same_weights(boundary.weights(one), two[kind]["weights"])

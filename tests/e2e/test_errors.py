@@ -170,11 +170,8 @@ def test_a_model_class_the_task_cannot_use(tmp_path, tiny_bert, seq2seq_data):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert, tiny_data):
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli("train", *tiny_train_args(tiny_bert, tiny_data, run_dir, "train.max_steps=1"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir / "model"
+def trained(trained_bert):
+    return trained_bert / "model"
 
 
 @pytest.mark.parametrize("command, extra, expected", [

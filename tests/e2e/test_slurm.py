@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, read_results, run_cli, tiny_train_args
+from conftest import REPO, cli_env, read_results, run_cli, tiny_train_args
 
 pytestmark = pytest.mark.slurm
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 STANDIN_BIN = "/tmp/llmft-slurm-bin"
 
 

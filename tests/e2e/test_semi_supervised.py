@@ -10,6 +10,8 @@ import pytest
 from conftest import (WORDS, assert_user_error, make_rows, prompt_args, read_jsonl, read_results, run_cli,
                       tiny_train_args, write_csv)
 
+from llmft.runtime.results import kind_of, problems
+
 
 def softmax(x, t=1.0):
     z = np.asarray(x, dtype="float64") / t
@@ -148,6 +150,7 @@ def test_pet_ensemble_averages_its_members_and_trains_the_final_classifier_on_th
                    *prompt_args(echo_lm, cloze_data, run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
+    assert kind_of(results) == "train" and problems(results) == []  # the final classifier's run, PET's report
     members = results["pet"]["generations"][0]["members"]
     assert [m["stage"] for m in members] == ["pattern-0", "pattern-1"]
 
@@ -180,6 +183,7 @@ def test_ipet_trains_a_second_generation_on_the_other_patterns_labels(tmp_path, 
                    "train.lr=1e-3", *prompt_args(echo_lm, cloze_data, run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(run_dir)
+    assert kind_of(results) == "pet_ensemble" and problems(results) == []
     gens = results["pet"]["generations"]
     assert [[m["stage"] for m in g["members"]] for g in gens] == [["gen0-pattern-0", "gen0-pattern-1"],
                                                                   ["gen1-pattern-0", "gen1-pattern-1"]]

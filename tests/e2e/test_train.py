@@ -6,6 +6,8 @@ import json
 import pytest
 from conftest import LABELS, read_jsonl, read_results, run_cli, tiny_train_args
 
+from llmft.runtime.results import COMMON, kind_of, problems
+
 
 def _predict(model, tokenizer, texts):
     import torch
@@ -27,6 +29,7 @@ def test_train_writes_a_complete_run_folder(request, tmp_path, tiny_data, model_
         assert (run_dir / name).is_file(), name
     results = read_results(run_dir)
     assert results["status"] == "completed" and results["strategy"] == strategy
+    assert kind_of(results) == "train" and problems(results) == []  # runtime/results.py's schema
     assert set(results["eval"]) >= {"accuracy", "macro_f1", "per_class", "loss"}
     assert 0.0 <= results["eval"]["accuracy"] <= 1.0
     assert results["num_eval_examples"] == 30 and results["num_train_examples"] == 96
@@ -70,6 +73,8 @@ def test_eval_reproduces_the_run_and_the_adapter_reloads_through_peft(tmp_path, 
     proc = run_cli("eval", f"model_dir={run_dir / 'model'}", f"hydra.run.dir={eval_dir}", "print_config=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = read_results(eval_dir)
+    assert kind_of(evaluated) == "eval" and problems(evaluated) == []
+    assert set(COMMON) <= set(trained) & set(evaluated)
     assert evaluated["eval"]["accuracy"] == pytest.approx(trained["eval"]["accuracy"])
     assert evaluated["eval"]["macro_f1"] == pytest.approx(trained["eval"]["macro_f1"])
     assert evaluated["num_eval_examples"] == trained["num_eval_examples"]
@@ -196,5 +201,6 @@ def test_a_diverging_run_stops_at_the_step_with_one_line(tmp_path, tiny_data, ti
     assert not (run_dir / "model").exists()
     results = json.loads((run_dir / "results.json").read_text())  # strict JSON, says failed
     assert results["status"] == "failed" and results["step"] == step
+    assert kind_of(results) == "failed" and problems(results) == []
     logged = read_jsonl(run_dir / "metrics.jsonl")  # steps before the failure, real values, valid JSON
     assert [m["step"] for m in logged if "loss" in m] == list(range(1, step))

@@ -1,0 +1,1 @@
+"""The fast tier (a package: its files may share a name with an end-to-end test file)."""
