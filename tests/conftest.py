@@ -298,6 +298,28 @@ def assert_user_error(proc, *expected: str) -> None:
         assert text in lines[0], lines[0]
 
 
+def preflight(command: str, *overrides: str) -> None:
+    """What the CLI checks before Hydra starts a run, in process: compose every sweep value,
+    run every owner's validate (no torch)."""
+    from llmft.cli import normalize_overrides
+    from llmft.cli.app import preflight as run_preflight
+    from llmft.cli.validate import register_configs
+
+    register_configs()
+    run_preflight(command, normalize_overrides(list(overrides), command))
+
+
+def refused(command: str, *overrides: str) -> str:
+    """The one-line UserError the pre-flight raises for ``overrides``."""
+    from llmft.core.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        preflight(command, *overrides)
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -24,10 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmft.core.errors import UserError
+from llmft.runtime.layout import EXPORT_MARKER
 
 log = logging.getLogger(__name__)
 
-MARKER = ".llmft-export"  # in every folder llmft export wrote: the only kind it replaces
+MARKER = EXPORT_MARKER  # in every folder llmft export wrote: the only kind it replaces
 
 
 def main(cfg, run_path: str | Path) -> dict:

@@ -14,25 +14,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import preflight, refused, run_cli
 
 from llmft.core.errors import UserError
-
-
-def preflight(command: str, *overrides: str) -> None:
-    from llmft.cli.app import preflight as run_preflight
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    run_preflight(command, list(overrides))
-
-
-def refused(command: str, *overrides: str) -> str:
-    with pytest.raises(UserError) as err:
-        preflight(command, *overrides)
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 # The config values that mean nothing are refused in process: tests/unit/test_bad_config.py

@@ -4,25 +4,7 @@ names the key and the fix; their valid neighbours pass."""
 from __future__ import annotations
 
 import pytest
-
-from llmft.cli import normalize_overrides
-from llmft.core.errors import UserError
-
-
-def preflight(command: str, *overrides: str) -> None:
-    from llmft.cli.app import preflight as run_preflight
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    run_preflight(command, normalize_overrides(list(overrides), command))
-
-
-def refused(command: str, *overrides: str) -> str:
-    with pytest.raises(UserError) as err:
-        preflight(command, *overrides)
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
+from conftest import preflight, refused
 
 
 # (overrides, what the one line says): every float knob that a range check lets nan/inf through,

@@ -7,7 +7,7 @@ import copy
 import functools
 
 import pytest
-from conftest import REPO
+from conftest import REPO, preflight, refused
 
 from llmft.cli import normalize_overrides  # the console script's spellings (+strategy=X is strategy=X)
 from llmft.core.errors import UserError
@@ -44,23 +44,6 @@ def validated(*overrides: str, command: str = "train") -> None:
     from llmft.cli.validate import validate
 
     validate(prepare_config(command, copy.deepcopy(compose(*overrides, command=command)), list(overrides)), command)
-
-
-def preflight(command: str, *overrides: str) -> None:
-    """What the CLI checks before Hydra starts a run: compose every sweep value, validate each."""
-    from llmft.cli.app import preflight as run_preflight
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    run_preflight(command, normalize_overrides(list(overrides), command))
-
-
-def refused(command: str, *overrides: str) -> str:
-    with pytest.raises(UserError) as err:
-        preflight(command, *overrides)
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 @pytest.mark.parametrize(
