@@ -8,28 +8,16 @@ import pytest
 from conftest import assert_user_error, make_rows, run_cli, tiny_train_args, write_csv
 
 
+# The CLI prints each kind of refusal as one line (a composition error, a value an owner refuses,
+# a bad value inside a sweep); every refused value is checked in process: tests/unit/test_config.py
 @pytest.mark.parametrize(
     "overrides, expected",
     [
         (["+strategy=nope"], ["strategy=nope", "available: adapter, bitfit, dora,", " full,", " lora,"]),
-        (["strategy=nope"], ["strategy=nope", "available:"]),
-        (["model=nope"], ["model=nope", "minilm"]),
         (["-m", "+strategy=full,nope"], ["strategy=nope"]),
-        (["train.lrr=1e-4"], ["train.lrr", "no such key"]),
         (["train.lr=fast"], ["train.lr", "Float"]),
-        (["train.lr=-1e-4"], ["train.lr", "> 0"]),
-        (["train.batch_size=0"], ["train.batch_size", ">= 1"]),
-        (["train.batch_size=two"], ["train.batch_size"]),
-        (["-m", "train.lr=1e-4,-1"], ["train.lr", "> 0"]),
-        (["train.lr_scheduler=zigzag"], ["train.lr_scheduler", "cosine"]),
-        (["+strategy=lora", "strategy.rank=4"], ["strategy.rank", "no such key"]),
         (["+strategy=lora", "strategy.r=0"], ["strategy.r", ">= 1"]),
-        (["data=csv"], ["data.train_file", "required"]),
-        (["data=csv", "data.train_file=/no/such.csv"], ["data.train_file", "/no/such.csv"]),
-        (["model=hf"], ["model.name_or_path", "required"]),
-        (["logger=wandb", "logger.mode=loud"], ["logger.mode", "offline"]),
-        (["hydra/launcher=slurm_nope"], ["hydra/launcher=slurm_nope"]),
-        (["hardware.collective_timeout_s=0"], ["hardware.collective_timeout_s", "> 0"]),
+        (["-m", "train.lr=1e-4,-1"], ["train.lr", "> 0"]),
     ],
 )
 def test_config_errors_fail_before_anything_runs(tmp_path, overrides, expected):
