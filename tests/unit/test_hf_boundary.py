@@ -230,8 +230,8 @@ def test_eval_loss_is_the_splits_token_mean_not_the_mean_over_rows_of_batch_mean
         batches = [model(**b).loss.item() for b in trainer(3).get_eval_dataloader(rows)]
         (whole,) = [model(**b).loss.item() for b in trainer(7).get_eval_dataloader(rows)]
     assert len(batches) == 3 and loss == pytest.approx(whole, rel=1e-5)
-    # a tiny random model's token losses differ little (here by 6e-4 relative), float noise far less
-    assert loss != pytest.approx((3 * batches[0] + 3 * batches[1] + batches[2]) / 7, rel=1e-4)
+    # (that this differs from the mean of batch means, by hand on known scores:
+    # test_token_loss_is_weighted_by_tokens_not_rows; a tiny random model's batches differ too little)
 
 
 def test_token_loss_is_weighted_by_tokens_not_rows():
