@@ -70,6 +70,7 @@ class Run:
     trainer: Any = None  # its model is what gets evaluated
     figures: dict | None = None  # the train figures of results.json (None: nothing trained)
     record: dict = field(default_factory=dict)  # the training record model/llmft.json keeps
+    # record["techniques"][name]: what a technique reports in results.json (e.g. augment's rows per class)
 
     @property
     def path(self) -> Path:
@@ -232,6 +233,7 @@ def evaluate_run(run: Run) -> tuple[dict, list[dict]]:
         params=record["params"],
         strategy_report=record["strategy_report"],
         retention=record["retention"],
+        **({"techniques": record["techniques"]} if record.get("techniques") else {}),  # by technique name
         reevaluated=reevaluated,  # True: model/ was complete, this run only evaluated it
         wall_time_s=round(time.perf_counter() - started, 1),
     )

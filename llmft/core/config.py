@@ -41,6 +41,8 @@ class ModelConfig:
     # NER: a CRF layer over the token scores (Viterbi decoding, BIO-valid paths); see llmft/models/crf.py.
     crf: bool = False
     crf_lr_scale: float = 100.0  # the CRF's learning rate = train.lr * this
+    # hidden and attention dropout of the backbone (whatever its config calls them); null: the model's own
+    dropout: Optional[float] = None
 
 
 @dataclass
@@ -74,6 +76,16 @@ class AuxConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """More training rows made from the train split (techniques/augment.py); never the other splits."""
+    method: str = choice("none", "eda", "paraphrase")  # none: off
+    factor: int = 1  # augmented copies per example
+    # true: instead of ``factor``, bring every class up to the largest class's count with augmented copies
+    minority_only: bool = False
+    write: bool = False  # write the augmented rows to RUN/augmented.jsonl for inspection
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     task: str = "classification"
@@ -93,6 +105,10 @@ class DataConfig:
     # ner: token and tag lists (JSON lines), or CoNLL files (one "token tag" per line)
     tokens_column: str = "tokens"
     tags_column: str = "tags"
+    # ner: how tags name spans; none: any tag set (POS tags), scored per token and per tag
+    tag_scheme: str = choice("bio", "bioes", "none")
+    # regression: labels rescaled for training (predictions are scaled back); none: as given
+    label_scale: str = choice("none", "standard", "minmax")
     # qa: long contexts are split into windows overlapping by doc_stride tokens
     doc_stride: int = 64
     max_answer_length: int = 30  # tokens
@@ -128,6 +144,7 @@ class DataConfig:
     # train.epochs unless set (train.yaml reads ${data.epochs}): a small data set needs more passes
     epochs: float = 1.0
     prompt: PromptConfig = field(default_factory=PromptConfig)  # for zero_shot / few_shot / pet
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # train split only
 
 
 @dataclass
@@ -241,6 +258,16 @@ class SelfTrainingConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training (techniques/adversarial.py): the input embeddings perturbed along the
+    loss gradient, and the loss on the perturbed input added to the clean one."""
+    method: str = choice("none", "fgm", "pgd")  # none: off
+    epsilon: float = 1.0  # the perturbation's L2 norm (fgm) or the radius of its ball (pgd)
+    steps: int = 3  # pgd: ascent steps
+    alpha: float = 0.3  # pgd: the L2 norm of each step
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -266,6 +293,9 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     neftune_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (SFT); 0: off
+    l1: float = 0.0  # L1 penalty: + l1 * sum |w| over the trainable weights (l1_to=pretrained: |w - w_0|); 0: off
+    l1_to: str = choice("zero", "pretrained")
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)
@@ -289,6 +319,13 @@ class TrainRunConfig:
 
 
 @dataclass
+class EvalOptions:
+    """``llmft eval``: the test split scored again on a seeded, perturbed copy (robustness)."""
+    perturb: str = choice("none", "typo", "swap", "delete")  # none: the clean split only
+    perturb_rate: float = 0.1  # the fraction of words perturbed
+
+
+@dataclass
 class EvalRunConfig:
     model_dir: str = MISSING  # a run's model/ folder (full model or PEFT adapter)
     data: DataConfig = MISSING
@@ -296,6 +333,7 @@ class EvalRunConfig:
     batch_size: int = 64
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
     seed: int = 42
     print_config: bool = True
 

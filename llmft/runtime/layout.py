@@ -16,10 +16,12 @@ checks (ownership.py), ``llmft report`` and a takeover of the folder by another 
     soft_labels.jsonl   PET's ensemble's class distributions for the unlabelled rows (what its
                         final classifier trained on)
     student_init/       distillation's student built from the teacher's blocks
+    augmented.jsonl     the rows data.augment added to the train split (data.augment.write=true)
     retention.png       weight drift per layer (train.retention)
     wandb_run_id        the wandb run a resumed run logs into
     <format>/           ``llmft export`` of model/ (its default output_dir: RUN/<format>, e.g.
-                        merged/, bf16/, onnx/): every export folder holds .llmft-export
+                        merged/, bf16/, onnx/), and ``llmft prune``'s pruned model: every such
+                        folder holds .llmft-export
     replaced/<time>/    what an earlier run of another config left here (train.resume=never, or
                         a rerun with other values): moved aside, never deleted
     .llmft.lock         held while a run writes here (a second run into the folder is refused)
@@ -38,7 +40,8 @@ EXPORT_MARKER = ".llmft-export"  # in every folder llmft export wrote (commands/
 # the formats llmft exported before exports carried the marker, each by default to RUN/<format>/
 EXPORT_FOLDERS = ("merged", "bf16", "fp16", "int8", "onnx", "onnx-int8")
 # written only by a training run: a folder holding one of them is a training run's
-TRAINING_ONLY = ("model", "checkpoints", "stages", "soft_labels.jsonl", "student_init", "retention.png")
+TRAINING_ONLY = ("model", "checkpoints", "stages", "soft_labels.jsonl", "student_init", "retention.png",
+                 "augmented.jsonl")
 # a run's output: set aside as a whole when another config takes the folder over
 ARTIFACTS = ("results.json", "predictions.jsonl", "metrics.jsonl", "config.yaml", "deepspeed.json",
              *TRAINING_ONLY, "wandb_run_id", *EXPORT_FOLDERS)

@@ -25,9 +25,11 @@ and, per kind:
         params ({trainable, total, trainable_pct}), strategy_report, retention,
         reevaluated (true: model/ was complete, the run only evaluated it), wall_time_s;
         a staged run adds its stages: self_training (the rounds), pet (PET's patterns, ensemble
-        and final classifier)
+        and final classifier); techniques: what the techniques that ran report, by name (e.g.
+        augment: rows per class before and after)
     eval (llmft eval)
-        model_dir, memory, wall_time_s
+        model_dir, memory, wall_time_s; perturbed (eval.perturb): the method, rate, seed and the
+        metrics on the perturbed copy of the split
     pet_ensemble (PET's ensemble when it is the result: no model/ of its own)
         fingerprint, experiment, model, seed, num_train_examples, num_validation_examples,
         validation, train (null), params (the last generation's members together), pet
@@ -56,7 +58,7 @@ KEYS = {
     "pet_ensemble": ("fingerprint", "experiment", "model", "seed", "num_train_examples", "num_validation_examples",
                      "validation", "train", "params", "pet"),
 }
-OPTIONAL = {"train": ("self_training", "pet"), "eval": (), "pet_ensemble": ()}
+OPTIONAL = {"train": ("self_training", "pet", "techniques"), "eval": ("perturbed",), "pet_ensemble": ()}
 FAILED = ("schema_version", "status", "reason", "fingerprint")
 FAILED_DETAILS = ("step", "last_checkpoint")
 
