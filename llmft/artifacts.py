@@ -172,6 +172,10 @@ def load_saved(model_dir: Path, task, meta: dict, device_map: str | None = None,
     exported = of_saved(meta)
     if exported is not None and not exported.hf_folder and exported.backend == "torch":  # e.g. format=int8
         model = exported.load(model_dir, task, tokenizer, trust_remote_code)
+    elif (meta.get("pruned") or {}).get("heads"):  # fewer heads than its config.json can say (models/pruning.py)
+        from llmft.models.pruning import load_head_pruned
+
+        model = load_head_pruned(Path(model_dir), task, meta["pruned"]["heads"])
     else:
         placement = {"device_map": device_map} if device_map else {}
         model = strategy_class(meta.get("strategy", "full")).load_trained(model_dir, task, meta, tokenizer,

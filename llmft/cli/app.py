@@ -314,7 +314,7 @@ def prepare_config(command: str, cfg, overrides: list[str]):
 
     if OmegaConf.is_missing(cfg, "model_dir") or OmegaConf.is_missing(cfg, "inputs"):
         return cfg  # not given: validate() says which key to add, in one line
-    if command in ("eval", "predict", "export", "bench-infer"):
+    if command in ("eval", "predict", "export", "bench-infer", "prune"):
         return use_run_data(cfg, overrides, cfg.model_dir)
     if command == "merge-adapters":  # the data of the input whose head the result keeps (its check)
         head = cfg.head_from if 0 <= cfg.head_from < len(cfg.inputs) else 0

@@ -32,6 +32,8 @@ COMMANDS = {
                            loads_saved=True),
     "merge-adapters": Command("combine LoRA adapters: llmft merge-adapters inputs=[A/model,B/model] weights=[0.5,0.5] "
                               "method=linear|ties|dare_ties", "merge_adapters", loads_saved=True),
+    "prune": Command("remove heads, FFN channels or small weights: llmft prune model_dir=RUN/model "
+                     "prune.method=heads|ffn|magnitude prune.amount=0.3", "prune", loads_saved=True),
     "report": Command("compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png", None),
 }
 # the groups the usage text lists, as typed on the command line

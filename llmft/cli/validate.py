@@ -11,8 +11,8 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from llmft.core.config import (BenchInferRunConfig, DataConfig, EvalRunConfig, ExportRunConfig, HardwareConfig,
-                               LoggerConfig, MergeAdaptersRunConfig, ModelConfig, PredictRunConfig, TrainRunConfig,
-                               check_choices, check_values)
+                               LoggerConfig, MergeAdaptersRunConfig, ModelConfig, PredictRunConfig, PruneRunConfig,
+                               TrainRunConfig, check_choices, check_values)
 from llmft.core.errors import UserError, require
 from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
@@ -36,6 +36,7 @@ def register_configs() -> None:
     cs.store(name="predict_schema", node=PredictRunConfig)
     cs.store(name="bench-infer_schema", node=BenchInferRunConfig)
     cs.store(name="merge-adapters_schema", node=MergeAdaptersRunConfig)
+    cs.store(name="prune_schema", node=PruneRunConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
@@ -107,6 +108,8 @@ def check_command(cfg, command: str) -> None:
         from llmft.commands.bench_infer import validate as check
     elif command == "merge-adapters":
         from llmft.commands.merge_adapters import validate as check
+    elif command == "prune":
+        from llmft.commands.prune import validate as check
     else:
         return  # train, distill: their knobs are the sections checked above
     check(cfg)

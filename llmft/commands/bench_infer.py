@@ -53,9 +53,11 @@ def main(cfg, run_path: str | Path) -> dict:
     # each candidate: folder -> the model to time, its weights saved into folder (for the size)
     candidates = [(v, lambda folder, v=v: formats.FORMATS[v].convert(reference, example, folder)
                    if v != formats.REFERENCE else saved(to_variant(reference, v), folder)) for v in cfg.variants]
-    for student in cfg.students:
+    for student in cfg.students:  # distilled students and pruned models (llmft prune's folders)
         student_meta = read_metadata(Path(student))
-        candidates.append((f"student ({Path(student).resolve().parent.name})",
+        folder = Path(student).resolve()
+        label = f"pruned ({folder.name})" if student_meta.get("pruned") else f"student ({folder.parent.name})"
+        candidates.append((label,
                            lambda folder, s=student, m=student_meta: saved(plain_model(
                                load_saved(Path(s), task, m, trust_remote_code=cfg.trust_remote_code)[0]), folder)))
     rows = []
@@ -96,10 +98,9 @@ def saved(model, folder: Path):
     return model
 
 
-def measure(model, task, features, collate, cfg) -> dict:
+def runner(model, collate):
+    """features -> (logits, labels) of ``model`` on one batch of them."""
     import torch
-
-    from transformers import EvalPrediction
 
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
@@ -109,17 +110,33 @@ def measure(model, task, features, collate, cfg) -> dict:
         with torch.no_grad():
             return model(**{k: v.to(device) for k, v in batch.items() if k in inputs}).logits, batch["labels"]
 
+    return run
+
+
+def scores(model, task, features, collate, batch_size: int) -> tuple:
+    """(the task's metrics, the logits) of ``model`` over ``features``, in order; token logits
+    padded to one width (labels -100 there: not scored)."""
+    import torch
+
+    from transformers import EvalPrediction
+
+    run = runner(model, collate)
     logits, labels = [], []
-    for start in range(0, len(features), cfg.batch_size):  # metrics over the whole eval split
-        out, gold = run(features[start:start + cfg.batch_size])
+    for start in range(0, len(features), batch_size):
+        out, gold = run(features[start:start + batch_size])
         logits += list(out.float().cpu())
         labels += list(gold)
     width = max(x.shape[0] for x in logits) if logits[0].dim() > 1 else None
     if width:  # token classification: pad every row to one width (-100: not scored)
         logits = [torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[0])) for x in logits]
         labels = [torch.nn.functional.pad(y, (0, width - y.shape[0]), value=-100) for y in labels]
-    metrics = task.loop_metrics(EvalPrediction(predictions=torch.stack(logits).numpy(),
-                                               label_ids=torch.stack(labels).numpy()))
+    logits = torch.stack(logits)
+    return task.loop_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=torch.stack(labels).numpy())), logits
+
+
+def measure(model, task, features, collate, cfg) -> dict:
+    run = runner(model, collate)
+    metrics, _ = scores(model, task, features, collate, cfg.batch_size)  # metrics over the whole eval split
 
     singles = features[: cfg.latency_examples + 5]
     for f in singles[:5]:

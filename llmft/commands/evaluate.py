@@ -31,11 +31,14 @@ def main(cfg, run_path: str | Path) -> dict:
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
     splits = load_splits(cfg.data, task)
     model, tokenizer = load_saved(model_dir, task, meta, cfg.hardware.device_map, cfg.trust_remote_code)
-    splits = strategy_class(meta.get("strategy", "full")).prepare_saved_data(splits, tokenizer, meta)
+    strategy = strategy_class(meta.get("strategy", "full"))
+    raw = splits
+    splits = strategy.prepare_saved_data(splits, tokenizer, meta)
     eval_set = task.tokenize(splits["eval"], tokenizer)
 
     trainer = build_trainer(eval_arguments(run.checkpoints, cfg.batch_size, cfg.hardware), model, tokenizer, task)
     metrics, records = task.evaluate(trainer, eval_set, splits["eval"], cfg.generate)
+    perturbed = perturbed_eval(cfg, task, strategy, meta, raw, tokenizer, trainer, records)
     baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
     results = completed(
         "eval",
@@ -51,6 +54,7 @@ def main(cfg, run_path: str | Path) -> dict:
         warnings=task.warnings(metrics, baseline, records),
         memory=memory_figures(),
         wall_time_s=round(time.perf_counter() - started, 1),
+        **({"perturbed": perturbed} if perturbed is not None else {}),
     )
     run.write_predictions(records)
     run.write_results(results)
@@ -58,8 +62,45 @@ def main(cfg, run_path: str | Path) -> dict:
     return results
 
 
+def perturbed_eval(cfg, task, strategy, meta, raw: dict, tokenizer, trainer, clean_records) -> dict | None:
+    """``eval.perturb``: the eval split again, its input text columns perturbed (data/perturb.py,
+    seeded by ``seed``, the row and the column), scored like the clean one. Its predictions are
+    not written (predictions.jsonl holds the clean split's); ``prediction_changed`` is the share of
+    rows whose prediction differs from the clean one."""
+    e = cfg.eval
+    if e.perturb == "none":
+        return None
+    from llmft.data.perturb import perturb_dataset
+
+    columns = task.input_columns()
+    noisy, changed = perturb_dataset(raw["eval"], columns, e.perturb, float(e.perturb_rate), int(cfg.seed))
+    splits = strategy.prepare_saved_data({**raw, "eval": noisy}, tokenizer, meta)
+    metrics, records = task.evaluate(trainer, task.tokenize(splits["eval"], tokenizer), splits["eval"], cfg.generate)
+    flipped = sum(a.get("prediction") != b.get("prediction") for a, b in zip(clean_records, records))
+    return {"method": e.perturb, "rate": float(e.perturb_rate), "seed": int(cfg.seed), "columns": columns,
+            "words_changed": changed, "prediction_changed": round(flipped / max(len(records), 1), 4),
+            "metrics": metrics}
+
+
+def perturbable(task) -> bool:
+    """One label per example that no word position defines (NER's tags follow the words; QA's
+    answers are spans of the context; generated text is scored against the target)."""
+    return task.logits == "sequence"
+
+
 def validate(cfg) -> None:
     """llmft eval's own knobs (torch-free)."""
+    import math
+
     from llmft.core.errors import require
+    from llmft.tasks import TASKS, tasks_that
 
     require(cfg.batch_size >= 1, "batch_size", f"must be >= 1 (got {cfg.batch_size})")
+    e = cfg.eval
+    if e.perturb != "none":
+        rate = e.perturb_rate
+        require(isinstance(rate, (int, float)) and math.isfinite(rate) and 0 < rate <= 1, "eval.perturb_rate",
+                f"must be in (0, 1] (the share of words perturbed; got {rate})")
+        require(perturbable(TASKS.get(cfg.data.task)), "eval.perturb",
+                f"perturbs the input text of data.task={tasks_that(perturbable)} (got {cfg.data.task}: its labels "
+                f"follow word positions or the text itself)")

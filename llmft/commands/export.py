@@ -50,6 +50,9 @@ def main(cfg, run_path: str | Path) -> dict:
     if meta.get("lm_kind") or meta.get("format") not in (None, "fp32"):
         raise UserError(f"model_dir={model_dir}: format={fmt} converts fine-tuned models and adapters, "
                         f"not prompting runs or models already exported")
+    if (meta.get("pruned") or {}).get("heads"):
+        raise UserError(f"model_dir={model_dir}: a head-pruned model (llmft prune), which only llmft's loader rebuilds; "
+                        f"llmft eval, predict and bench-infer run it as it is")
     out = output_folder(cfg.output_dir, model_dir, fmt, run_path)
 
     task = TASKS.get(meta["task"]).from_metadata(cfg.data, meta)
@@ -86,14 +89,15 @@ def main(cfg, run_path: str | Path) -> dict:
 
 
 # ------------------------------------------------------------------ where it goes
-def output_folder(output_dir: str | None, model_dir: Path, fmt: str, run_path) -> Path:
+def output_folder(output_dir: str | None, model_dir: Path, fmt: str, run_path, name: str = "export.output_dir") -> Path:
     """The export's folder, resolved and checked before anything loads: an export replaces its
-    folder, so it must be one that holds nothing but a previous export (or nothing)."""
+    folder, so it must be one that holds nothing but a previous export (or nothing). ``fmt``: the
+    default folder's name beside model_dir; ``name``: the key in messages (llmft prune's too)."""
     given = output_dir or str(model_dir.parent / fmt)
-    key = f"export.output_dir={given}"
+    key = f"{name}={given}"
     out = Path(given).expanduser().resolve()
     source, run = model_dir.resolve(), Path(run_path).resolve()
-    hint = f"name a new folder, e.g. export.output_dir={source.parent / fmt}"
+    hint = f"name a new folder, e.g. {name}={source.parent / fmt}"
     special = {Path(out.anchor): "/", Path.home().resolve(): "your home folder",
                Path.cwd().resolve(): "the current directory"}
     if out in special:

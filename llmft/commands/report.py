@@ -113,8 +113,11 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def baseline_value(results: dict) -> float | None:
-    """The primary metric of the trivial predictor (majority class / all-O), where the task has one."""
-    return (results.get("baseline") or {}).get(f"majority_{results.get('primary_metric')}")
+    """The primary metric of the trivial predictor (majority class / all-O; regression: the train
+    mean), where the task has one."""
+    baseline, metric = results.get("baseline") or {}, results.get("primary_metric")
+    value = baseline.get(f"majority_{metric}")
+    return baseline.get(f"mean_{metric}") if value is None else value
 
 
 def _num(value, fmt: str) -> str:
@@ -155,7 +158,7 @@ def write_plot(path: Path, runs: list[dict], header: list[str], table: list[list
             baselines.add(round(baseline_value(r["results"]), 6))
     for i, value in enumerate(sorted(baselines)):
         ax.axhline(value, color="gray", linestyle="--", linewidth=1,
-                   label="majority-class baseline" if i == 0 else None)
+                   label="baseline (majority class; regression: the mean)" if i == 0 else None)
     if baselines:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")

@@ -56,6 +56,7 @@ class Run:
     task: Any = None
     strategy: Any = None
     splits: dict = field(default_factory=dict)  # rows per split
+    baseline_train: Any = None  # the rows the majority baseline is fitted on (None: splits["train"])
     sets: dict = field(default_factory=dict)  # the eval and validation splits, tokenized
     source: str | None = None  # the model the run trains from (a path)
     tokenizer: Any = None
@@ -210,7 +211,8 @@ def evaluate_run(run: Run) -> tuple[dict, list[dict]]:
     cfg, task, strategy, trainer, splits, sets = run.cfg, run.task, run.strategy, run.trainer, run.splits, run.sets
     ident, record, reevaluated, started = run.ident, run.record, run.reevaluated, run.started
     metrics, records = strategy.evaluate(trainer, sets["eval"], splits["eval"], cfg.generate)
-    baseline = task.baseline(splits["train"], splits["eval"]) if "train" in splits else {}
+    fitted_on = run.baseline_train if run.baseline_train is not None else splits.get("train")
+    baseline = task.baseline(fitted_on, splits["eval"]) if fitted_on is not None else {}
     validation = None  # what sweeps select on; "eval" (the held-out test split) is what is reported
     if sets["validation"] is not None:
         validation, _ = strategy.evaluate(trainer, sets["validation"], splits["validation"], cfg.generate)

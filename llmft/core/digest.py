@@ -47,6 +47,10 @@ def input_digests(cfg) -> dict:
     model = OmegaConf.select(cfg, "model.name_or_path", default=None)
     if model:
         _put(out, "model.name_or_path" + SUFFIX, model_path(str(model)), path_digest)
+    if OmegaConf.select(cfg, "data.augment.method", default=None) == "paraphrase":  # the model writes train rows
+        spec = OmegaConf.select(cfg, "data.augment.model", default=None)
+        if spec:
+            _put(out, "data.augment.model" + SUFFIX, model_path(str(spec)), path_digest)
     final = OmegaConf.select(cfg, "strategy.final_model", default=None)
     if final:
         _put(out, "strategy.final_model" + SUFFIX, model_path(str(final)), path_digest)

@@ -53,6 +53,8 @@ def load_splits(cfg, task) -> dict:
         if cap is not None and len(unlabeled) > cap:
             unlabeled = unlabeled.shuffle(seed=cfg.split_seed).select(range(cap))
         splits["unlabeled"] = unlabeled
+    if "train" in splits:
+        task.fit(splits["train"])  # e.g. regression's target scale: from the rows trained on only
     log.info("data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return splits
 
@@ -127,7 +129,7 @@ def read_file(path: Path, cfg, key: str, layouts: dict | None = None, *, options
             from llmft.data.formats import READERS
 
             if builder == "conll":
-                columns = READERS["conll"](path, encoding)
+                columns = READERS["conll"](path, encoding, getattr(cfg, "tag_scheme", "bio"))
                 return Dataset.from_dict({cfg.tokens_column: columns["tokens"], cfg.tags_column: columns["tags"]})
             try:
                 return Dataset.from_dict(READERS[layout](path, encoding))
@@ -274,6 +276,8 @@ def validate_data(d) -> None:
     require(d.validation_fraction + d.eval_fraction < 1, "data.validation_fraction",
             f"+ data.eval_fraction must leave rows to train on (got {d.validation_fraction} + {d.eval_fraction})")
     check_encoding(d.encoding, "data.encoding")
+    require(d.label_scale == "none" or d.task == "regression", "data.label_scale",
+            f"rescales regression targets (got data.task={d.task}); drop data.label_scale")
     if d.labels is not None:
         labels = [str(x) for x in d.labels]
         repeated = sorted({x for x in labels if labels.count(x) > 1})

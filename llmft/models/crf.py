@@ -3,8 +3,9 @@
 The encoder's per-token scores become emission scores of a linear-chain CRF (pytorch-crf) over
 words: only each word's first sub-word is kept (the same positions that carry the word's tag), so
 the chain runs word to word. Training maximises the CRF log-likelihood of the gold tag sequence;
-prediction is Viterbi decoding. Transitions that BIO forbids (O -> I-X, B-X -> I-Y, starting
-with I-X) start at a large negative score, so decoded paths are valid tag sequences.
+prediction is Viterbi decoding. Transitions the tag scheme forbids start (and, for BIOES, end)
+at a large negative score, so decoded paths are valid tag sequences: BIO by default (O -> I-X,
+B-X -> I-Y, starting with I-X); the task passes BIOES's rules, or none (any tag after any: POS).
 
 Saved next to the encoder (full model or PEFT adapter) as ``crf.safetensors``.
 """
@@ -18,7 +19,7 @@ import torch.nn as nn
 from llmft.models.layers import Wrapper
 
 CRF_FILE = "crf.safetensors"
-FORBIDDEN = -1e4  # a transition BIO does not allow
+FORBIDDEN = -1e4  # a transition the tag scheme does not allow
 
 
 def allowed(previous: str, tag: str) -> bool:
@@ -35,7 +36,9 @@ class CrfTagger(Wrapper):
     extra = "crf"
     last_row_loss = None  # each sentence's loss in the last eval forward with labels
 
-    def __init__(self, encoder, labels: list[str], lr_scale: float = 1.0):
+    def __init__(self, encoder, labels: list[str], lr_scale: float = 1.0, may_follow=allowed, may_end=None):
+        """``may_follow(previous, tag)`` (previous None: the start) and ``may_end(tag)``: the tag
+        scheme's rules (None: any); forbidden moves start at FORBIDDEN."""
         from torchcrf import CRF
 
         super().__init__(encoder, lr_scale)
@@ -43,10 +46,12 @@ class CrfTagger(Wrapper):
         self.crf = CRF(len(labels), batch_first=True)
         with torch.no_grad():
             for i, tag in enumerate(labels):
-                if not allowed(None, tag):
+                if may_follow is not None and not may_follow(None, tag):
                     self.crf.start_transitions[i] = FORBIDDEN
+                if may_end is not None and not may_end(tag):
+                    self.crf.end_transitions[i] = FORBIDDEN
                 for j, previous in enumerate(labels):
-                    if not allowed(previous, tag):
+                    if may_follow is not None and not may_follow(previous, tag):
                         self.crf.transitions[j, i] = FORBIDDEN
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, word_start=None):

@@ -68,9 +68,49 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, pad_token_fallbac
     return tokenizer
 
 
+# model.dropout sets every dropout probability the model's config names, whatever the architecture
+# calls it: the backbone's (hidden / embeddings / FFN, and attention: one of these must exist) and
+# the task head's, so model.dropout=0 turns every dropout of the model off.
+DROPOUT_KEYS = {
+    "hidden": ("hidden_dropout_prob", "hidden_dropout", "dropout", "dropout_rate", "resid_pdrop", "embd_pdrop",
+               "resid_dropout", "embed_dropout", "embedding_dropout", "mlp_dropout", "activation_dropout"),
+    "attention": ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"),
+    "head": ("classifier_dropout", "classifier_dropout_prob", "seq_classif_dropout", "qa_dropout", "cls_dropout",
+             "pooler_dropout", "summary_first_dropout", "summary_last_dropout"),
+}
+
+
+def dropout_keys(config) -> list[str]:
+    """The dropout probabilities ``config`` (a PretrainedConfig) has, by DROPOUT_KEYS' names: the
+    backbone's hold a number; a head's may be None (BERT's: "use hidden_dropout_prob")."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    backbone = [k for group in ("hidden", "attention") for k in DROPOUT_KEYS[group]
+                if number(getattr(config, k, None))]
+    head = [k for k in DROPOUT_KEYS["head"] if hasattr(config, k) and (getattr(config, k) is None or
+                                                                        number(getattr(config, k)))]
+    return backbone + head if backbone else []
+
+
+def dropout_kwargs(path: str, dropout: float, trust_remote_code: bool, revision: str | None) -> dict:
+    """from_pretrained's config overrides that set model.dropout (AutoConfig takes every kwarg the
+    config has as an attribute); one line when the architecture names none of DROPOUT_KEYS."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **revision_kwargs(revision))
+    keys = dropout_keys(config)
+    if not keys:
+        known = ", ".join(DROPOUT_KEYS["hidden"] + DROPOUT_KEYS["attention"])
+        raise UserError(f"model.dropout: the config of {path} (model_type={getattr(config, 'model_type', '?')}) "
+                        f"names no dropout llmft knows ({known}); drop model.dropout")
+    return {k: float(dropout) for k in keys}
+
+
 def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto_class: str | None = None,
-               **load_kwargs):
-    """``auto_class`` (e.g. AutoModelForCausalLM for prompting) replaces the task's head."""
+               dropout: float | None = None, **load_kwargs):
+    """``auto_class`` (e.g. AutoModelForCausalLM for prompting) replaces the task's head;
+    ``dropout``: every dropout probability of the model (DROPOUT_KEYS), None: its config's own."""
     import transformers
 
     auto = getattr(transformers, auto_class or task.auto_model)
@@ -78,6 +118,9 @@ def load_model(path: str, task, tokenizer, trust_remote_code: bool = False, auto
     if Path(path).is_dir():
         check_weights(Path(path), f"model.name_or_path={path}")
     try:
+        if dropout is not None:  # in the config the model is built from: each layer reads its p at init
+            load_kwargs = {**load_kwargs, **dropout_kwargs(path, dropout, trust_remote_code,
+                                                            load_kwargs.get("revision"))}
         model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **head_kwargs, **load_kwargs)
     except OSError as err:
         raise UserError(f"model.name_or_path={path}: cannot load a model ({_first_line(err)})") from None
@@ -128,7 +171,8 @@ def load_backbone(model_cfg, task, strategy, tokenizer, path: str | None = None)
     needs (its Auto class, quantization); ``path``: another folder to load it from (a student)."""
     path = path or resolve_model_path(model_cfg.name_or_path)
     return load_model(path, task, tokenizer, model_cfg.trust_remote_code, strategy.model_class(path),
-                      **revision_kwargs(model_cfg.revision), **strategy.model_load_kwargs())
+                      dropout=getattr(model_cfg, "dropout", None), **revision_kwargs(model_cfg.revision),
+                      **strategy.model_load_kwargs())
 
 
 def count_parameters(model) -> dict:

@@ -56,6 +56,11 @@ def print_results(results: dict) -> None:
     if validation and results.get("primary_metric") in validation:
         metric = results["primary_metric"]
         table.add_row(f"validation {metric} (what sweeps select on)", _fmt(validation[metric]))
+    perturbed = results.get("perturbed")  # llmft eval eval.perturb=...
+    if perturbed and results.get("primary_metric") in perturbed["metrics"]:
+        metric = results["primary_metric"]
+        table.add_row(f"eval {metric}, {perturbed['method']} at rate {perturbed['rate']:g}",
+                      _fmt(perturbed["metrics"][metric]))
     console.print(table)
     for warning in results.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/] {warning}")

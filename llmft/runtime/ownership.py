@@ -29,7 +29,7 @@ MARKER = ".llmft-run"  # {"command": kind}: this folder is an llmft run folder o
 LOCK_FILE = ".llmft.lock"  # run_lock.py's (earlier llmft runs carry it without the marker)
 # the kind of run folder each command writes (distill is a training run)
 KINDS = {"train": "train", "distill": "train", "eval": "eval", "predict": "predict", "export": "export",
-         "merge-adapters": "merge-adapters", "bench-infer": "bench-infer"}
+         "merge-adapters": "merge-adapters", "bench-infer": "bench-infer", "prune": "prune"}
 MODEL_FILES = ("llmft.json", "adapter_config.json")  # a folder holding one of these is a model folder
 # .hydra/ and the job log: written by Hydra before llmft's own code runs, so not a sign of a foreign folder
 HYDRA_NAMES = (".hydra",)

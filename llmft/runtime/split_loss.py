@@ -11,13 +11,14 @@ QA window's span scores are taken over its own tokens.
 
 Kinds (``Task.loss_kind``): ``causal`` (next-token: SFT; a packed row is split into its sequences
 by ``position_ids``), ``token`` (one label per position: NER, a seq2seq decoder), ``row`` (one
-label per row: classification, prompting), ``span`` (QA start/end). A model that scores whole rows
-itself (the CRF's sentence likelihood) hands its per-row losses over as ``last_row_loss``.
+label per row: classification, prompting), ``squared`` (one value per row: regression's squared
+error), ``span`` (QA start/end). A model that scores whole rows itself (the CRF's sentence
+likelihood) hands its per-row losses over as ``last_row_loss``.
 """
 from __future__ import annotations
 
 IGNORE = -100
-KINDS = ("causal", "token", "row", "span")
+KINDS = ("causal", "token", "row", "squared", "span")
 
 
 def row_losses(kind: str, outputs, inputs: dict, model=None):
@@ -44,6 +45,9 @@ def row_losses(kind: str, outputs, inputs: dict, model=None):
         return loss, torch.ones_like(loss)
     labels = inputs["labels"]
     logits = outputs.logits
+    if kind == "squared":  # one output per row (regression): the squared error, in the model's target units
+        loss = (logits.float().view(-1) - labels.float().view(-1)).pow(2).double()
+        return loss, torch.ones_like(loss)
     if kind == "row":
         loss = F.cross_entropy(logits.float(), labels.view(-1), reduction="none").double()
         return loss, torch.ones_like(loss)

@@ -54,6 +54,11 @@ class Task:
         if "model" in cfg and cfg.model.crf and not cls.crf:
             crf_tasks = " or ".join(n for n in TASKS.names() if TASKS.get(n).crf)
             raise UserError(f"model.crf: is for data.task={crf_tasks} (got {cfg.data.task}); drop model.crf=true")
+        scheme = cfg.data.get("tag_scheme", "bio")
+        if scheme != "bio" and cls.logits != "token":  # how tags name spans: only a token tagger has tags
+            taggers = " or ".join(n for n in TASKS.names() if TASKS.get(n).logits == "token")
+            raise UserError(f"data.tag_scheme: is for data.task={taggers} (got {cfg.data.task}); "
+                            f"drop data.tag_scheme={scheme}")
         answer = cls.answer_column_key
         for key in cls.input_column_keys if answer else ():  # the gold answer as model input: inflated metrics
             require(not cfg.data[key] or cfg.data[key] != cfg.data[answer], f"data.{key}",
@@ -77,6 +82,10 @@ class Task:
     def encode(self, dataset, source: str, is_train: bool):
         """Validate and convert one raw split; ``source`` names its file for error messages."""
         raise NotImplementedError
+
+    def fit(self, train) -> None:
+        """Statistics of the final train split (after held-out rows and caps) that tokenizing
+        needs (regression: the target scale); load_splits calls it last."""
 
     def check_inputs(self, dataset, source: str) -> None:
         """Refuse unlabelled inputs (``llmft predict``) the model cannot read as written."""

@@ -4,11 +4,13 @@
     + distill     alpha * T^2 * KL(teacher || student) at temperature T            (train.distill)
                   (the task term then weighs 1 - alpha)
     + l2sp        l2sp / 2 * ||theta - theta_0||^2 over trainable pretrained weights (train.retention.l2sp)
+    + l1          l1 * sum |theta| over the trainable weights, or l1 * sum |theta - theta_0| over the
+                  trainable pretrained ones (train.l1, train.l1_to; validation: regularization.py)
 
 Each term is logged as loss/<term> in metrics.jsonl. Logits are per example (classification),
 per token (NER) or per next token (causal LM); label -100 marks positions that do not count.
-torch has the pieces (cross_entropy with weights, kl_div); focal loss and L2-SP are three lines
-each on top, so they are written here.
+torch has the pieces (cross_entropy with weights, kl_div); focal loss, L2-SP and L1 are three
+lines each on top, so they are written here.
 """
 from __future__ import annotations
 
@@ -62,12 +64,14 @@ technique = Loss()
 class Objective:
     def __init__(self, kind: str, loss: str = "ce", focal_gamma: float = 2.0, class_weights=None,
                  l2sp: float = 0.0, anchor: dict | None = None, teacher=None, temperature: float = 2.0,
-                 alpha: float = 0.5, cache: bool = False, soft: bool = False):
+                 alpha: float = 0.5, cache: bool = False, soft: bool = False, l1: float = 0.0,
+                 l1_anchor: dict | None = None):
         self.kind = kind  # sequence | token | causal
         self.soft = soft  # labels are distributions over the classes (PET's final classifier)
         self.loss, self.gamma = loss, focal_gamma
         self.class_weights = class_weights  # a tensor, one weight per label, or None
         self.l2sp, self.anchor = l2sp, anchor or {}
+        self.l1, self.l1_anchor = l1, l1_anchor  # l1_anchor None: towards 0, over every trainable weight
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         self.cache = {} if cache else None
 
@@ -94,6 +98,10 @@ class Objective:
             penalty = l2sp_penalty(model, self.anchor)
             terms["l2sp"] = (self.l2sp / 2 * penalty).detach()
             total = total + self.l2sp / 2 * penalty
+        if self.l1 > 0:
+            penalty = l1_penalty(model, self.l1_anchor)
+            terms["l1"] = (self.l1 * penalty).detach()
+            total = total + self.l1 * penalty
         return total, terms
 
     # ------------------------------------------------------------------ terms
@@ -182,8 +190,33 @@ def distillation_loss(student, teacher, labels, temperature: float):
 def l2sp_penalty(model, anchor: dict) -> torch.Tensor:
     """||theta - theta_0||^2 over the anchored parameters (Li et al., 2018)."""
 
+    return sum(((p - a) ** 2).sum() for p, a in anchored(model, anchor))
+
+
+def l1_penalty(model, anchor: dict | None) -> torch.Tensor:
+    """sum |theta| over every parameter that trains now (biases and norm gains too; anchor None),
+    or sum |theta - theta_0| over the anchored ones; summed in fp32 (bf16 weights included)."""
+    import torch
+
+    if anchor is None:
+        return sum(p.abs().sum(dtype=torch.float32) for p in model.parameters() if p.requires_grad)
+    return sum((p - a).abs().sum(dtype=torch.float32) for p, a in anchored(model, anchor))
+
+
+def anchored(model, anchor: dict) -> list:
+    """(parameter, theta_0) pairs. The anchor is copied from the unwrapped model before the Trainer
+    places and wraps it: a wrapper's names carry a prefix (DDP, DeepSpeed: "module."), and each
+    theta_0 moves to its parameter's device on first use (then stays there)."""
     params = dict(model.named_parameters())
-    return sum(((params[n] - a) ** 2).sum() for n, a in anchor.items())
+    pairs = []
+    for name, a in anchor.items():
+        p = params[name] if name in params else next((q for n, q in params.items() if n.endswith("." + name)), None)
+        if p is None:
+            raise KeyError(f"anchored parameter {name} is not in the model trained")
+        if a.device != p.device:
+            a = anchor[name] = a.to(p.device)
+        pairs.append((p, a))
+    return pairs
 
 
 def l2sp_anchor(model, exclude_parts=("head",), frozen_too: bool = False) -> dict:
@@ -232,12 +265,17 @@ def from_config(cfg, task, strategy, model, train_set, tokenizer):
     teacher = (load_teacher(t.distill.teacher, task, tokenizer, cfg.model.trust_remote_code)
                if t.distill.teacher else None)
     later = strategy.unfreezes_later  # anchor what will train, not only what trains now
-    anchor = l2sp_anchor(model, frozen_too=later) if t.retention.l2sp > 0 else {}
-    if t.retention.l2sp > 0 and not anchor:
-        raise UserError("train.retention.l2sp: no trainable pretrained weights to anchor (this strategy trains "
-                        "only new parameters); use train.weight_decay")
+    l1_to_pretrained = t.l1 > 0 and t.l1_to == "pretrained"
+    anchored_ = t.retention.l2sp > 0 or l1_to_pretrained
+    anchor = l2sp_anchor(model, frozen_too=later) if anchored_ else {}  # one copy for both terms
+    for key, on, fix in (("train.retention.l2sp", t.retention.l2sp > 0, "train.weight_decay"),
+                         ("train.l1_to=pretrained", l1_to_pretrained, "train.l1_to=zero")):
+        if on and not anchor:
+            raise UserError(f"{key}: no trainable pretrained weights to anchor (this strategy trains only new "
+                            f"parameters); use {fix}")
     objective = Objective(task.logits or "sequence", t.loss, t.focal_gamma, weights, t.retention.l2sp,
-                          anchor, teacher, t.distill.temperature, t.distill.alpha, t.distill.cache,
-                          soft=soft_targets(train_set))
-    active = objective.replaces_model_loss or objective.l2sp > 0
+                          anchor if t.retention.l2sp > 0 else {}, teacher, t.distill.temperature, t.distill.alpha,
+                          t.distill.cache, soft=soft_targets(train_set), l1=t.l1,
+                          l1_anchor=anchor if l1_to_pretrained else None)
+    active = objective.replaces_model_loss or objective.l2sp > 0 or objective.l1 > 0
     return objective if active else None

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,11 @@ def workspace(tmp_path_factory) -> Path:
     meta = json.loads((run / "model" / "llmft.json").read_text())
     (onnx / "llmft.json").write_text(json.dumps({**meta, "strategy": "full", "format": "onnx-int8",
                                                  "source": str(run / "model")}))
+    # what `llmft export model_dir=RUN/model` (a merged full model) and `llmft prune model_dir=RUN/merged
+    # prune.method=heads|ffn prune.amount=0.5 prune.finetune_steps=100` write
+    for name in ("merged", "pruned-heads-0.5-ft100", "pruned-ffn-0.5-ft100"):
+        shutil.copytree(root / "STUDENT_RUN" / "model", run / name)
+        (run / name / MARKER).write_text("")
     for name in ("new.jsonl", "inputs.jsonl"):  # predict.input_file=...: what the pages' printf lines write
         (root / name).write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in make_rows(4, seed=3)))
     sweep = root / "multirun" / "train" / RUN_NAME  # a finished `llmft train -m +strategy=full,lora`
