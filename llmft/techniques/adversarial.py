@@ -53,6 +53,12 @@ class Adversarial(Technique):
                     f"a step of {a.alpha} leaves the ball of radius epsilon={a.epsilon} and is projected back "
                     f"onto its surface every time; give alpha <= epsilon (e.g. 2.5 x epsilon / steps, capped at epsilon)")
         require(strategy.trains, f"{KEY}.method", f"strategy={cfg.strategy.name} trains nothing to make robust")
+        # DeepSpeed reduces the gradients in hooks that fire on every backward pass, the gradient
+        # taken for r included (ZeRO-2 fails on its empty bucket): plain DDP only
+        require(cfg.hardware.zero_stage == 0, f"{KEY}.method",
+                f"takes the gradient of the loss for the perturbation before the backward pass, which DeepSpeed "
+                f"ZeRO (hardware.zero_stage={cfg.hardware.zero_stage}) does not allow; use a hardware config without "
+                f"ZeRO (several processes train as DDP)")
         require(supports(task), f"{KEY}.method",
                 f"perturbs the input embeddings of data.task={tasks_that(supports)} (got {cfg.data.task}: the "
                 f"encoder-decoder embeds its targets with the same table)")

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, make_rows
-from test_readme_commands import ELIDED, ELSEWHERE, STAND_INS, check_args, pages, readme_commands
+from test_readme_commands import ELIDED, ELSEWHERE, STAND_INS, check_args, file_lines, pages, readme_commands
 from llmft.core.errors import UserError
 
 README = REPO / "README.md"
@@ -53,21 +53,13 @@ VALIDATE_ONLY = {
 TRAIN_SMALL = {"train.max_steps": "2", "data.max_train_samples": "16", "data.max_eval_samples": "8"}
 BENCH_SMALL = {"latency_examples": "4", "throughput_examples": "8", "batch_size": "4"}
 SEARCH_SMALL = {"hydra.sweeper.n_trials": "2"}
-FILE_LINE = re.compile(r"^\s*(printf|echo)\s.*>\s*(\S+)\s*$")  # a shell line that writes a file the docs use
-FENCE = re.compile(r"^```(\S*)\s*$")
 
 
 def page_steps(page: Path) -> list[dict]:
     """The page's steps in order: its `llmft` commands (readme_commands) and file-writing shell lines."""
     text = page.read_text(encoding="utf-8")
     steps = [{"kind": "llmft", "command": c, "line": lines[0]} for c, lines in readme_commands(text).items()]
-    block = None
-    for number, line in enumerate(text.splitlines(), 1):
-        fence = FENCE.match(line)
-        if fence:
-            block = fence.group(1) if block is None else None
-        elif block in ("bash", "sh", "shell", "console", "") and FILE_LINE.match(line):
-            steps.append({"kind": "shell", "command": line.strip(), "line": number})
+    steps += [{"kind": "shell", "command": line, "line": number} for number, line in file_lines(text)]
     for step in steps:
         step["where"] = f"{page.relative_to(REPO)}:{step['line']}"
     return sorted(steps, key=lambda s: s["line"])

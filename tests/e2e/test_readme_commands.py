@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,19 @@ ELSEWHERE = {
 
 FENCE = re.compile(r"^```(\S*)\s*$")
 SHELL_BLOCKS = ("bash", "sh", "shell", "console", "")
+FILE_LINE = re.compile(r"^\s*(printf|echo)\s.*>\s*(\S+)\s*$")  # a shell line that writes a file the docs use
+
+
+def file_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of each `printf ... > FILE` / `echo ... > FILE` line of a page's shell blocks."""
+    found, block = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        fence = FENCE.match(line)
+        if fence:
+            block = fence.group(1) if block is None else None
+        elif block in SHELL_BLOCKS and FILE_LINE.match(line):
+            found.append((number, line.strip()))
+    return found
 
 
 def readme_commands(text: str) -> dict[str, list[int]]:
@@ -254,8 +268,9 @@ def workspace(tmp_path_factory) -> Path:
     for name in ("merged", "pruned-heads-0.5-ft100", "pruned-ffn-0.5-ft100"):
         shutil.copytree(root / "STUDENT_RUN" / "model", run / name)
         (run / name / MARKER).write_text("")
-    for name in ("new.jsonl", "inputs.jsonl"):  # predict.input_file=...: what the pages' printf lines write
-        (root / name).write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in make_rows(4, seed=3)))
+    for page in pages():  # the files the pages' printf lines write (predict inputs, a regression CSV)
+        for _, line in file_lines(page.read_text(encoding="utf-8")):
+            subprocess.run(["bash", "-c", line], cwd=root, check=True)
     sweep = root / "multirun" / "train" / RUN_NAME  # a finished `llmft train -m +strategy=full,lora`
     for job, (strategy, accuracy) in enumerate([("full", 0.75), ("lora", 0.5)]):
         (sweep / str(job) / ".hydra").mkdir(parents=True)

@@ -221,6 +221,7 @@ BAD = [
     ([*PGD, "train.adversarial.alpha=-0.1"], "train.adversarial.alpha: must be > 0"),
     ([*PGD, "train.adversarial.epsilon=0.5", "train.adversarial.alpha=0.6"], "give alpha <= epsilon"),
     (["train.adversarial.method=fgsm"], "train.adversarial.method"),
+    (["train.adversarial.method=fgm", "hardware=cpu_zero2"], "which DeepSpeed ZeRO (hardware.zero_stage=2)"),
     (["train.adversarial.method=fgm", "strategy=zero_shot", "model=smollm2"],
      "train.adversarial.method: strategy=zero_shot trains nothing"),
     (["train.adversarial.method=fgm", "data=jsonl_seq2seq", "model=hf",
