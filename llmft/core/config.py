@@ -143,7 +143,7 @@ class DataConfig:
     max_unlabeled_samples: Optional[int] = None
     sampler: str = choice("random", "balanced")  # balanced: each label drawn equally often (classification)
     # Batches of similar lengths (windows of 50 batches shuffled, sorted inside, batches shuffled):
-    # less padding, same examples per epoch. null: on for classification, ner and qa with the random sampler
+    # less padding, same examples per epoch. null: on for classification, regression, ner and qa with the random sampler
     group_by_length: Optional[bool] = None
     # Extra data trained together with this one (techniques/multitask.py), e.g.
     # data.aux=[{kind:classification,train_file:PATH,weight:0.2,label_column:kind}]

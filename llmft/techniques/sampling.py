@@ -10,7 +10,7 @@ from __future__ import annotations
 from llmft.core.errors import require
 from llmft.techniques import Technique
 
-GROUPED_TASKS = ("classification", "ner", "qa")  # on by default: dynamic padding, short inputs of varied length
+GROUPED_TASKS = ("classification", "regression", "ner", "qa")  # on by default: dynamic padding, short inputs of varied length
 WINDOW = 50  # batches sorted together: 98 % real tokens on the tweets (59 % at random)
 
 
@@ -39,7 +39,7 @@ technique = Sampling()
 
 
 def grouped(cfg) -> bool:
-    """data.group_by_length, its default (null) resolved: on for classification, ner and qa, unless
+    """data.group_by_length, its default (null) resolved: on for classification, regression, ner and qa, unless
     data.aux mixes in other sets (their rows differ in length from the main task's: grouped batches
     would each hold one task's rows, not the mix its weight asks for)."""
     if cfg.data.group_by_length is None:  # not with data.aux: batches would hold one task's rows each
