@@ -14,10 +14,10 @@ results.json exists under DIR is not run again. Prints one Markdown row per run.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
 from pathlib import Path
+
+from bench_cli import llmft  # scripts/ is on the path when a script runs
 
 RATES = (0.05, 0.1)
 
@@ -30,16 +30,6 @@ def method_args(name: str, eps: float, steps: int) -> list[str]:
     # steps of 2.5 x eps / steps (Madry et al.'s step size), capped at the radius
     return ["train.adversarial.method=pgd", f"train.adversarial.epsilon={eps}", f"train.adversarial.steps={steps}",
             f"train.adversarial.alpha={min(eps, round(2.5 * eps / steps, 4))}"]
-
-
-def llmft(*args: str, folder: Path) -> dict | str:
-    results = folder / "results.json"
-    if not results.is_file():
-        proc = subprocess.run(["llmft", *args, "print_config=false", f"hydra.run.dir={folder}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            return (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(results.read_text())
 
 
 def main() -> None:

