@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmft: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    if COMMANDS[command].module is None:  # report: not a Hydra command, it reads finished runs
-        from llmft.commands.report import main as report
+    if COMMANDS[command].entry:  # report, check, reproduce: not a Hydra run of their own
+        import importlib
 
-        return report(argv[1:])
+        return importlib.import_module(COMMANDS[command].entry).main(argv[1:])
     from llmft.cli.app import run
 
     if "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ:  # maybe a rank (joined in run())

@@ -9,9 +9,10 @@ import os
 
 class Command:
     def __init__(self, help: str, module: str | None, config: str | None = None, trains: bool = False,
-                 loads_saved: bool = False):
+                 loads_saved: bool = False, entry: str | None = None):
         self.help = help
         self.module = module  # llmft/commands/<module>.py, main(cfg, run_path); None: not a Hydra command
+        self.entry = entry  # not a Hydra command: the module whose main(args) runs it
         self.config = config  # configs/<config>.yaml; None: the command's own name
         self.trains = trains  # a training run: cli/launch.py decides where it executes
         self.loads_saved = loads_saved  # reads a saved model/: its trust_remote_code is top-level (train's: model.*)
@@ -34,7 +35,12 @@ COMMANDS = {
                               "method=linear|ties|dare_ties", "merge_adapters", loads_saved=True),
     "prune": Command("remove heads, FFN channels or small weights: llmft prune model_dir=RUN/model "
                      "prune.method=heads|ffn|magnitude prune.amount=0.3", "prune", loads_saved=True),
-    "report": Command("compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png", None),
+    "report": Command("compare runs: llmft report DIR (a multirun or outputs folder) -> report.md, report.png", None,
+                      entry="llmft.commands.report"),
+    "check": Command("a dry run of llmft train (same overrides, -m too): sizes, memory, data, steps, SLURM jobs; "
+                     "writes nothing", None, entry="llmft.cli.check"),
+    "reproduce": Command("rerun a run's recorded config into a new folder: llmft reproduce RUN [overrides]", None,
+                         entry="llmft.cli.reproduce"),
 }
 # the groups the usage text lists, as typed on the command line
 GROUPS = ("model", "data", "+strategy", "hardware", "logger", "experiment", "hparams_search")

@@ -18,7 +18,14 @@ checks (ownership.py), ``llmft report`` and a takeover of the folder by another 
     student_init/       distillation's student built from the teacher's blocks
     augmented.jsonl     the rows data.augment added to the train split (data.augment.write=true)
     retention.png       weight drift per layer (train.retention)
+    manifest.json       what reproduces the run: llmft version and git commit (+ diff), Python and
+                        package versions, hardware, seeds, the digest of every data file
+                        (``llmft reproduce RUN`` reads it)
     wandb_run_id        the wandb run a resumed run logs into
+    mlflow_run_id       the MLflow run a resumed run logs into (logger=mlflow)
+    tensorboard/        TensorBoard's event files (logger=tensorboard)
+    mlruns/             MLflow's local file store (logger=mlflow without logger.mlflow.tracking_uri)
+    metrics.csv         one row per logged step (logger=csv)
     <format>/           ``llmft export`` of model/ (its default output_dir: RUN/<format>, e.g.
                         merged/, bf16/, onnx/), and ``llmft prune``'s pruned model: every such
                         folder holds .llmft-export
@@ -44,7 +51,8 @@ TRAINING_ONLY = ("model", "checkpoints", "stages", "soft_labels.jsonl", "student
                  "augmented.jsonl")
 # a run's output: set aside as a whole when another config takes the folder over
 ARTIFACTS = ("results.json", "predictions.jsonl", "metrics.jsonl", "config.yaml", "deepspeed.json",
-             *TRAINING_ONLY, "wandb_run_id", *EXPORT_FOLDERS)
+             "manifest.json", *TRAINING_ONLY, "wandb_run_id", "mlflow_run_id", "tensorboard", "mlruns",
+             "metrics.csv", *EXPORT_FOLDERS)
 # what a staged run writes before its last stage takes the folder (they are that run's own)
 STAGED_OUTPUTS = ("stages", "soft_labels.jsonl")
 # folders inside a run that hold no run of their own (``llmft report`` skips what is under them)
