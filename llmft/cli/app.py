@@ -6,6 +6,7 @@ or group option fails in one line with exit code 2 and no run folder is created.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -88,7 +89,9 @@ def _run(command: str, args: list[str]) -> int:
                 if COMMANDS[command].trains:
                     from llmft.cli.launch import train
 
-                    value = train(command, cfg, run_dir, list(hydra_cfg.overrides.task),
+                    # the ranks compose what this process did: its task overrides and any searched config folder
+                    searched = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+                    value = train(command, cfg, run_dir, [*hydra_cfg.overrides.task, *searched],
                                   str(hydra_cfg.mode) == "RunMode.MULTIRUN")
                 else:
                     value = importlib.import_module(f"llmft.commands.{COMMANDS[command].module}").main(cfg, run_dir)
@@ -136,13 +139,24 @@ def preflight(command: str, overrides: list[str], sweep: bool = False, config_di
     """Compose and validate every sweep value once; raise UserError on the first problem (a run
     folder in use by another llmft included, before Hydra writes into it). ``config_dir_arg``:
     --config-dir's folder, searched as Hydra searches it."""
+    for _ in composed(command, overrides, sweep, config_dir_arg):
+        pass
+
+
+def composed(command: str, overrides: list[str], sweep: bool = False, config_dir_arg: str | None = None,
+             every_point: bool = False, warnings: list | None = None):
+    """Yield (overrides, config with its ``hydra`` node, validated run config) per combination, each
+    checked as preflight checks it. ``every_point``: every point of the sweep (llmft check), not
+    only each value once; ``warnings``: collects what check only warns about (no sbatch here)."""
+    import copy
+
     from hydra import compose, initialize_config_dir
 
     from llmft.cli.validate import validate
 
     from omegaconf import open_dict
 
-    for index, combo in enumerate(_combinations(overrides)):
+    for index, combo in enumerate(_combinations(overrides, product=every_point)):
         with initialize_config_dir(config_dir(), version_base="1.3", job_name=command):
             try:
                 cfg = compose(config_name(command), overrides=[*combo, *_search_path(config_dir_arg, combo)],
@@ -153,7 +167,7 @@ def preflight(command: str, overrides: list[str], sweep: bool = False, config_di
                     check_no_sweep(overrides)
                 check_trust(command, cfg, overrides)
                 launcher = cfg.hydra.launcher
-                check_launcher(launcher)
+                check_launcher(launcher, warnings)
                 check_search(cfg)
                 check_creatable(cfg.hydra.sweep.dir if sweep else cfg.hydra.run.dir,
                                 "hydra.sweep.dir" if sweep else "hydra.run.dir")
@@ -165,10 +179,13 @@ def preflight(command: str, overrides: list[str], sweep: bool = False, config_di
             except UserError:
                 raise
             except Exception as err:  # Hydra's and OmegaConf's composition errors
-                raise UserError(explain(err)) from None
+                raise UserError(explain(err, combo)) from None
+        with_hydra = copy.deepcopy(cfg) if every_point else None
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(prepare_config(command, cfg, combo), command)
+        run_cfg = prepare_config(command, cfg, combo)
+        validate(run_cfg, command)
+        yield combo, with_hydra, run_cfg
 
 
 def check_creatable(folder: str, key: str) -> None:
@@ -288,18 +305,22 @@ def scrub_hydra_files(cfg, hydra_cfg) -> None:
         scrub_files(Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir), secret_values(cfg))
 
 
-def check_launcher(launcher) -> None:
-    """A SLURM launcher's settings against the cluster, before anything is submitted."""
+def check_launcher(launcher, warnings: list | None = None) -> None:
+    """A SLURM launcher's settings against the cluster, before anything is submitted. ``warnings``
+    given (llmft check): no sbatch here is said there, not refused (the partition goes unchecked)."""
     import shutil
     import subprocess
 
     if "Slurm" not in str(launcher.get("_target_", "")):
         return
     if shutil.which("sbatch") is None:
-        raise UserError("hydra/launcher=slurm: sbatch is not on PATH; run on a SLURM login node "
-                        "(or start a local cluster: scripts/slurm_local.sh start)")
+        message = ("hydra/launcher=slurm: sbatch is not on PATH; run on a SLURM login node "
+                   "(or start a local cluster: scripts/slurm_local.sh start)")
+        if warnings is None:
+            raise UserError(message)
+        warnings.append(message + "; the partition was not checked")
     partition = launcher.get("partition")
-    if partition:
+    if partition and shutil.which("sinfo") is not None:
         out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
         known = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
         if out.returncode == 0 and partition not in known:
@@ -328,8 +349,9 @@ def prepare_config(command: str, cfg, overrides: list[str]):
     return cfg
 
 
-def _combinations(overrides: list[str]) -> list[list[str]]:
-    """The first value of every sweep, then each other value of each sweep in turn."""
+def _combinations(overrides: list[str], product: bool = False) -> list[list[str]]:
+    """The first value of every sweep, then each other value of each sweep in turn; ``product``:
+    every point, in the order Hydra's basic sweeper launches them (the last key varies fastest)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob
 
@@ -350,6 +372,10 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
             choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
         else:  # interval(...) for an optimizing sweeper: any value in it has the same type
             choices.append([])
+    if product:
+        import itertools
+
+        return [list(point) for point in itertools.product(*[c for c in choices if c])]
     first = [c[0] for c in choices if c]
     combos = [first]
     for i, options in enumerate(choices):
@@ -358,28 +384,74 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
-def explain(err: Exception) -> str:
+def explain(err: Exception, overrides: list[str] = ()) -> str:
     """One line from a Hydra/OmegaConf error: the key, what is wrong, the options or the fix."""
     from hydra.errors import MissingConfigException
 
+    from llmft.core.config import LoggerConfig
+
+    group = (getattr(err, "missing_cfg_file", None) or "").rsplit("/", 1)
+    if isinstance(err, MissingConfigException) and err.options is None and len(group) > 1:
+        err.options = [p.stem for p in (Path(config_dir()) / group[0]).glob("*.yaml")]  # one of a list: 'g=[a,b]'
     if isinstance(err, MissingConfigException) and err.options is not None:
-        group = (err.missing_cfg_file or "").rsplit("/", 1)
         name = group[-1]
         group_name = group[0] if len(group) > 1 else "config"
         options = sorted(o for o in err.options if not o.endswith("_schema"))
         hint = _PLUGIN_HINTS.get(group_name, "")
-        return f"{group_name}={name}: no such option; available: {', '.join(options)}{hint}"
+        close = difflib.get_close_matches(name, options, n=1)
+        guess = f"did you mean {close[0]}? " if close else ""
+        return f"{group_name}={name}: no such option; {guess}available: {', '.join(options)}{hint}"
     cause = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
     full_key = getattr(cause, "full_key", None)
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if full_key in LoggerConfig.MOVED:  # logger.mode=online of the one-tracker layout
+        return LoggerConfig.misplaced(full_key)
+    if "NoneType" in message:  # a key under a tracker that is off (null): OmegaConf names no key
+        hints = [LoggerConfig.misplaced(o.split("=", 1)[0]) for o in overrides]
+        if any(hints):
+            return next(h for h in hints if h)
     if full_key:
         if "not in" in message or "not found" in message:
             parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the config"
+            guess = did_you_mean(full_key, getattr(cause, "parent_node", None))
+            if guess:
+                return f"{full_key}: no such key in {parent}; did you mean {guess}?"
             return f"{full_key}: no such key in {parent} (check the spelling; `llmft train --cfg job` shows every key)"
         return f"{full_key}: {message}"
     return " ".join(str(err).split())[:300]
+
+
+def did_you_mean(full_key: str, node) -> str | None:
+    """The key closest to a misspelt ``full_key``: among its siblings in ``node`` (the config level
+    it was looked up in), else among every dotted key of the whole config; None: nothing close."""
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        return None
+    prefix, _, name = full_key.rpartition(".")
+    close = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=1)
+    if close:
+        return f"{prefix}.{close[0]}" if prefix else close[0]
+    root = node._get_root()
+    every = []
+
+    def walk(n, path):
+        for k in n.keys():
+            key = f"{path}.{k}" if path else str(k)
+            every.append(key)
+            child = n._get_node(k)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                walk(child, key)
+
+    walk(root, "")
+    by_leaf = {}  # a key's last part -> the first dotted key that ends in it (a key put under another section)
+    for key in every:
+        if not key.startswith("hydra"):
+            by_leaf.setdefault(key.rpartition(".")[2], key)
+    close = difflib.get_close_matches(name, list(by_leaf), n=1)
+    return by_leaf[close[0]] if close else None
 
 
 def use_run_data(cfg, overrides: list[str], model_dir: str):

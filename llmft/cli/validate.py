@@ -11,14 +11,14 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from llmft.core.config import (BenchInferRunConfig, DataConfig, EvalRunConfig, ExportRunConfig, HardwareConfig,
-                               LoggerConfig, MergeAdaptersRunConfig, ModelConfig, PredictRunConfig, PruneRunConfig,
+                               MergeAdaptersRunConfig, ModelConfig, PredictRunConfig, PruneRunConfig,
                                TrainRunConfig, check_choices, check_values)
 from llmft.core.errors import UserError, require
 from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
 from llmft.models.loading import check_saved_model, validate_model
 from llmft.runtime.distributed import validate_hardware
-from llmft.runtime.trainer import validate_train
+from llmft.runtime.trainer import validate_logger, validate_train
 from llmft.strategies import strategy_class, strategy_configs
 from llmft.tasks import TASKS
 from llmft.techniques import validate_all as validate_techniques
@@ -40,7 +40,6 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     for name, schema in strategy_configs().items():
         cs.store(group="strategy", name=f"{name}_schema", node=schema)
 
@@ -59,6 +58,8 @@ def validate(cfg, command: str = "train") -> None:
     require(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32) (numpy's seed range; got {cfg.seed})")
     if "train" in cfg:
         validate_train(cfg.train)
+    if "logger" in cfg:
+        validate_logger(cfg.logger)
     task = TASKS.get(cfg.data.task)
     validate_data(cfg.data)
     if "hardware" in cfg:

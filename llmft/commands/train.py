@@ -29,8 +29,10 @@ from llmft.runtime.distributed import deepspeed_config, is_rank_zero, memory_fig
 from llmft.runtime import throughput
 from llmft.runtime.preemption import PREEMPTION
 from llmft.runtime.results import completed, run_identity
+from llmft.runtime.manifest import write_manifest
 from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerprint
-from llmft.runtime.trainer import build_trainer, finish_tracker, start_tracker, training_arguments
+from llmft.runtime.trainer import (build_trainer, finish_tracker, start_tracker, tracker_callbacks,
+                                   training_arguments)
 from llmft.strategies import build_strategy, strategy_class
 from llmft.tasks import build_task
 from llmft import techniques
@@ -102,6 +104,7 @@ def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: 
     if lead:
         run.dir.start(cfg, step_of(run.resume_from), run.ds_config, keep_metrics=run.reevaluated,
                       fingerprint=run.ident["fingerprint"])
+        write_manifest(run.path, cfg, run.ident)  # what a rerun elsewhere must match (llmft reproduce)
         if cfg.print_config:
             print_config(cfg)
 
@@ -156,7 +159,7 @@ def train_model(run: Run) -> None:
     run.trainer = build_trainer(
         args, run.model, run.tokenizer, task, run.train_set,
         callbacks=[*strategy.callbacks(), *run.dir.callbacks(run.ident, cfg.hardware.zero_stage), preemption,
-                   *run.callbacks],
+                   *tracker_callbacks(), *run.callbacks],
         param_groups=run.param_groups, objective=run.objective, train_cfg=cfg.train, sampler=run.sampler,
         eval_dataset=run.eval_set, compute_metrics=run.compute_metrics,
     )

@@ -15,7 +15,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, ClassVar, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -105,7 +105,8 @@ class DataConfig:
     train_file: Optional[str] = None  # local path or "pkg:<package>/<path>"
     validation_file: Optional[str] = None
     eval_file: Optional[str] = None  # the held-out split every metric is reported on
-    format: Optional[str] = choice(None, "csv", "json", "conll")  # None: from the file extension
+    # None: from the file extension; sft chat layouts (JSON / JSON lines) are named or found by their keys
+    format: Optional[str] = choice(None, "csv", "json", "conll", "messages", "sharegpt", "alpaca")
     encoding: str = "utf-8"
     text_column: str = "text"
     text_pair_column: Optional[str] = None
@@ -125,11 +126,14 @@ class DataConfig:
     source_column: str = "source"
     target_column: str = "target"
     # sft: a chat in messages_column ([{role, content}, ...], the last turn is the assistant's),
-    # or a prompt_column / response_column pair (+ an optional system_prompt).
+    # ShareGPT "conversations", Alpaca instruction/input/output (data/chat.py), or a prompt_column /
+    # response_column pair (+ an optional system_prompt, also before Alpaca rows).
     messages_column: str = "messages"
     prompt_column: str = "prompt"
     response_column: str = "response"
     system_prompt: Optional[str] = None
+    # sft: the assistant turns that carry loss: every one of a multi-turn chat, or the last only
+    train_on: str = choice("all_assistant", "last")
     # Splits made from the train file (seeded, stratified) when no file is given for them.
     validation_fraction: float = 0.0
     eval_fraction: float = 0.1
@@ -211,12 +215,55 @@ class HardwareConfig:
 
 
 @dataclass
-class LoggerConfig:
-    name: str = choice(MISSING, "none", "wandb")
+class WandbLogger:
     project: str = "llmft"
     entity: Optional[str] = None
-    mode: str = choice("offline", "online", "disabled")  # wandb
+    mode: str = choice("offline", "online", "disabled")  # offline: no key, no network (`wandb sync` later)
     tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MlflowLogger:
+    tracking_uri: Optional[str] = None  # null: a local file store in RUN/mlruns; or a server, http(s)://HOST
+    experiment: str = "llmft"  # created when the store has none of this name
+
+
+@dataclass
+class TensorBoardLogger:
+    """Event files in RUN/tensorboard (no knobs yet)."""
+
+
+@dataclass
+class CsvLogger:
+    """RUN/metrics.csv (no knobs yet)."""
+
+
+@dataclass
+class LoggerConfig:
+    """The trackers: ``logger=NAME`` or ``'logger=[NAME,NAME]'`` (Hydra's list of group options) sets
+    each one's own section; null: that tracker is off. runtime/trackers.py runs them."""
+    wandb: Optional[WandbLogger] = None
+    mlflow: Optional[MlflowLogger] = None
+    tensorboard: Optional[TensorBoardLogger] = None
+    csv: Optional[CsvLogger] = None
+    # keys of the single-tracker layout (logger.mode=online, ...) -> where each one lives now
+    MOVED: ClassVar[dict] = {"logger.name": "logger=NAME (or 'logger=[NAME,NAME]')",
+                             "logger.project": "logger.wandb.project", "logger.entity": "logger.wandb.entity",
+                             "logger.mode": "logger.wandb.mode", "logger.tags": "logger.wandb.tags",
+                             "logger.tracking_uri": "logger.mlflow.tracking_uri",
+                             "logger.experiment": "logger.mlflow.experiment"}
+
+    @classmethod
+    def misplaced(cls, key: str) -> str | None:
+        """The one line for a key of the old layout, or of a tracker that is off; None: neither."""
+        key = key.lstrip("+~")
+        if key in cls.MOVED:
+            return f"{key}: each tracker's settings have their own section now; use {cls.MOVED[key]}"
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "logger" and parts[1] in {f.name for f in dataclasses.fields(cls)}:
+            return (f"{key}: the {parts[1]} tracker is off; select it: logger={parts[1]} "
+                    f"(several: 'logger=[{parts[1]},NAME]')")
+        return None
 
 
 @dataclass
@@ -319,7 +366,7 @@ class TrainRunConfig:
     data: DataConfig = MISSING
     strategy: Any = MISSING
     hardware: HardwareConfig = MISSING
-    logger: LoggerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # the group files set only their own section
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     experiment: Optional[str] = None  # set by an experiment preset, for the run folder and reports
@@ -464,6 +511,8 @@ def _walk(node, fields: dict, prefix: str) -> None:
         key = f"{prefix}{name}"
         if kind is Any and isinstance(node[name], DictConfig):  # e.g. strategy: typed by the schema it composed
             kind = OmegaConf.get_type(node[name])
+        if typing.get_origin(kind) is typing.Union and node[name] is not None:  # a section that may be off (null)
+            kind = next((a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), kind)
         if "choices" in f.metadata:
             require_one_of(key, node[name], f.metadata["choices"])
         elif dataclasses.is_dataclass(kind):

@@ -13,14 +13,15 @@ from llmft.core.errors import require_one_of
 
 
 class Registry:
-    def __init__(self, package: str, key: str):
+    def __init__(self, package: str, key: str, not_members: tuple[str, ...] = ("base",)):
         self.package = package  # e.g. "llmft.strategies"
         self.key = key  # the config key that picks one, for error messages
+        self.not_members = not_members  # the package's modules that are not one of its kind
         self.classes: dict[str, type] = {}
 
     def names(self) -> list[str]:
         path = importlib.import_module(self.package).__path__
-        return sorted(m.name for m in pkgutil.iter_modules(path) if m.name != "base")
+        return sorted(m.name for m in pkgutil.iter_modules(path) if m.name not in self.not_members)
 
     def register(self, cls: type, name: str | None = None) -> None:
         name = name or cls.name

@@ -113,8 +113,8 @@ def read_file(path: Path, cfg, key: str, layouts: dict | None = None, *, options
     builder = file_format(path, options.format)
     by_name = _FORMATS.get(path.suffix.lower())
     if {builder, by_name} == {"csv", "json"}:  # e.g. a run's data.format=csv inherited by eval for a .jsonl
-        raise UserError(f"{key}: {path.name} is {by_name} by its extension but {options_key}.format={builder}; "
-                        f"set {options_key}.format={by_name} (or null: by extension)")
+        raise UserError(f"{key}: {path.name} is {by_name} by its extension but {options_key}.format={options.format} "
+                        f"reads {builder}; set {options_key}.format={by_name} (or null: by extension)")
     if builder is None:
         raise UserError(f"{key}: cannot tell the format of {path.name}; set {options_key}.format=csv or json")
     encoding = options.encoding
@@ -161,6 +161,10 @@ def read_file(path: Path, cfg, key: str, layouts: dict | None = None, *, options
 
 def file_format(path: Path, given: str | None) -> str | None:
     """The reader of a file: ``given`` (a format key), else its extension's; None: unknown."""
+    from llmft.data.chat import CHAT_FORMATS
+
+    if given in CHAT_FORMATS:  # a chat layout (sft) of JSON / JSON lines
+        return "json"
     return given or _FORMATS.get(Path(path).suffix.lower())
 
 
@@ -276,6 +280,13 @@ def validate_data(d) -> None:
     require(d.validation_fraction + d.eval_fraction < 1, "data.validation_fraction",
             f"+ data.eval_fraction must leave rows to train on (got {d.validation_fraction} + {d.eval_fraction})")
     check_encoding(d.encoding, "data.encoding")
+    from llmft.data.chat import CHAT_FORMATS
+
+    require(d.format not in CHAT_FORMATS or d.task == "sft", "data.format",
+            f"{d.format} is a chat layout for data.task=sft (got {d.task}); set data.format=null, csv or json")
+    train_on = d.get("train_on", "all_assistant")
+    require(train_on == "all_assistant" or d.task == "sft", "data.train_on",
+            f"picks the trained chat turns of data.task=sft (got {d.task}); drop data.train_on={train_on}")
     require(d.label_scale == "none" or d.task == "regression", "data.label_scale",
             f"rescales regression targets (got data.task={d.task}); drop data.label_scale")
     if d.labels is not None:

@@ -1,4 +1,4 @@
-"""Assemble the HF Trainer from a run config: TrainingArguments, callbacks, the tracker.
+"""Assemble the HF Trainer from a run config: TrainingArguments, callbacks, the trackers (trackers.py).
 
 The config's names map onto TrainingArguments here and nowhere else. The hardware config
 decides the device, precision and the DeepSpeed config (``TrainingArguments(deepspeed=...)``).
@@ -7,7 +7,6 @@ CLI's validation reads validate_train); what it overrides of transformers' priva
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
@@ -153,53 +152,37 @@ def build_trainer(args, model, tokenizer, task, train_dataset=None, callbacks=()
     return trainer
 
 
+def validate_logger(logger) -> None:
+    """The trackers' own knobs (torch-free; runtime/trackers.py runs them)."""
+    if logger.wandb is not None:
+        require(bool(logger.wandb.project.strip()), "logger.wandb.project", "must not be empty")
+    if logger.mlflow is not None:
+        require(bool(logger.mlflow.experiment.strip()), "logger.mlflow.experiment",
+                "must not be empty (MLflow makes an experiment of this name if it has none)")
+        uri = logger.mlflow.tracking_uri
+        require(uri is None or bool(uri.strip()), "logger.mlflow.tracking_uri",
+                "must not be empty; null: a file store in RUN/mlruns, or http(s)://HOST:PORT for a server")
+
+
 def start_tracker(cfg, run_path: Path) -> list[str]:
-    """Open the experiment tracker for this run; returns the Trainer's ``report_to``."""
-    if cfg.logger.name != "wandb":
-        return []
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("logger=wandb needs the wandb package: pip install wandb") from None
-    import sys
+    """Open the run's trackers (runtime/trackers.py); returns the Trainer's ``report_to``."""
+    from llmft.runtime import trackers
 
-    from llmft.core.redact import redacted, scrub_text, secret_values
+    return trackers.start(cfg, run_path)
 
-    os.environ["WANDB_MODE"] = cfg.logger.mode
-    os.environ.setdefault("WANDB_SILENT", "true")
-    id_file = run_path / "wandb_run_id"  # a resumed run logs into the same wandb run
-    import secrets
 
-    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-    id_file.write_text(run_id + "\n")
-    argv, secrets = sys.argv, secret_values(cfg)
-    sys.argv = [scrub_text(a, secrets) for a in argv]  # wandb records the command line (its metadata's args)
-    try:
-        wandb.init(
-            id=run_id,
-            resume="allow",
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            tags=list(cfg.logger.tags),
-            name=cfg.get("experiment") or cfg.strategy.name,
-            dir=str(run_path),
-            config=redacted(cfg),  # secrets read from the environment stay ${oc.env:...}
-        )  # the Trainer's WandbCallback finds this run and logs into it
-    finally:
-        sys.argv = argv
-    return ["wandb"]
+def tracker_callbacks() -> list:
+    """The trackers' own callbacks for the training Trainer (TensorBoard's writer, metrics.csv)."""
+    from llmft.runtime import trackers
+
+    return trackers.callbacks()
 
 
 def finish_tracker(results: dict | None) -> None:
-    import sys
+    """The final metrics into each tracker, then close them (``results`` None: the run failed)."""
+    from llmft.runtime import trackers
 
-    wandb = sys.modules.get("wandb")
-    if wandb is None or wandb.run is None:
-        return
-    if results is not None:
-        wandb.run.summary.update({f"final/{k}": v for k, v in results["eval"].items()
-                                  if isinstance(v, (int, float))})
-    wandb.finish(exit_code=0 if results is not None else 1)
+    trackers.finish(results)
 
 
 # transformers' SchedulerType values, listed here because importing transformers.trainer_utils

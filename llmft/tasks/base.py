@@ -7,7 +7,7 @@ from llmft.core.errors import UserError, require
 from llmft.core.registry import Registry
 from llmft.data.files import check_texts  # noqa: F401  (tasks import it from here)
 
-TASKS = Registry("llmft.tasks", key="data.task")
+TASKS = Registry("llmft.tasks", key="data.task", not_members=("base", "data_view"))  # data_view: llmft check's
 
 
 class Task:

@@ -69,6 +69,8 @@ STEPS = [step for page in pages() for step in page_steps(page)]
 
 
 def validate_only(command: str) -> str | None:
+    if command.startswith("llmft check "):  # a dry run: runs here, a SLURM launcher's too (nothing submitted)
+        return None
     return next((why for key, why in VALIDATE_ONLY.items() if key in command), None)
 
 
@@ -120,9 +122,9 @@ def expand(command: str, made: dict, models: dict | None) -> list[list[str]]:
 
 def small(argv: list[str], models: dict) -> list[str]:
     command, args = argv[0], argv[1:]
-    if command in ("train", "distill") and not any(a in ("--help", "--cfg", "-h") for a in args):
+    if command in ("train", "distill", "check") and not any(a in ("--help", "--cfg", "-h") for a in args):
         args = with_values(args, TRAIN_SMALL)
-        if command == "train" and not any(a.startswith(("model.name_or_path=", "model=hf")) for a in args):
+        if command in ("train", "check") and not any(a.startswith(("model.name_or_path=", "model=hf")) for a in args):
             tiny = models["chat_llama"] if "model=smollm2" in args else models["bert"]
             args = with_values(args, {"model.name_or_path": tiny})
         if any(a.startswith("hparams_search=") for a in args):

@@ -81,6 +81,29 @@ def test_report_on_a_sweep_with_a_failed_run(tmp_path, tiny_data, tiny_bert):
     assert "failed" in proc.stdout and "bitfit" in proc.stdout
 
 
+def test_report_groups_the_seeds_of_a_sweep(tmp_path, tiny_data, tiny_bert):
+    """Real run folders of `-m seed=1,2 +strategy=full,lora`: two configs of two seeds each."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_train_args(tiny_bert, tiny_data, tmp_path) if not a.startswith("hydra.run.dir")]
+    proc = run_cli("train", "-m", *args, "seed=1,2", "+strategy=full,lora", "train.max_steps=2",
+                   "train.retention.report=false", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("report", sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_config = (sweep / "report.md").read_text().split("## Per config, over seeds")[1]
+    lines = [line for line in per_config.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r["config"]: r for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+                                      for line in lines[1:])}
+    assert {k: (r["runs"], r["seeds"], r["n"]) for k, r in rows.items()} == {
+        "full": ("0, 2", "1,2", "2"), "lora": ("1, 3", "1,2", "2")}
+    tests = {k: [read_results(sweep / n)["eval"]["accuracy"] for n in r["runs"].split(", ")] for k, r in rows.items()}
+    for name, values in tests.items():
+        mean, std = (float(v) for v in rows[name]["test"].split(" ± "))
+        assert mean == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert std == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)  # sample std of two
+
+
 def test_report_on_an_empty_folder(tmp_path):
     proc = run_cli("report", tmp_path)
     assert proc.returncode == 2 and "no runs under" in proc.stderr

@@ -1,6 +1,8 @@
 """Causal-LM SFT with a chat template: response-only loss, generation metrics, SmolLM2."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import read_jsonl, read_results, run_cli
 
@@ -129,3 +131,22 @@ def test_sft_with_replayed_text(tmp_path, tiny_chat_llama, sft_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     aux = read_results(run_dir)["aux"]
     assert aux[0]["kind"] == "lm" and aux[0]["examples"] > 0
+
+
+def test_sft_on_multi_turn_sharegpt(tmp_path, tiny_chat_llama):
+    """A ShareGPT file (found by its keys) of two-exchange chats trains on both answers; generation
+    is scored against the last one, prompted with everything before it."""
+    from conftest import make_rows
+
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "conversations": [
+        {"from": "human", "value": f"sentiment of : {r['text']}"}, {"from": "gpt", "value": r["label"]},
+        {"from": "human", "value": "sentiment of : the report"}, {"from": "gpt", "value": "neutral"}]}) + "\n"
+        for i, r in enumerate(make_rows(40, seed=5))))
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *sft_args(tiny_chat_llama, path, run_dir, "train.epochs=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(run_dir)["status"] == "completed"
+    records = read_jsonl(run_dir / "predictions.jsonl")
+    assert records and all(r["reference"] == "neutral" and len(r["prompt"]) == 3 for r in records)
+    assert [m["role"] for m in records[0]["prompt"]] == ["user", "assistant", "user"]

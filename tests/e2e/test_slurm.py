@@ -113,3 +113,24 @@ def test_preempted_job_resumes_from_its_checkpoint(tmp_path, slurm, tiny_bert, t
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
     print(f"job {job} ({how}):\n" + "\n".join(line for line in logs.splitlines()
                                                if "signal" in line.lower() or "requeu" in line.lower()))
+
+
+def test_check_shows_the_script_the_submitted_job_gets(tmp_path, slurm, tiny_bert, tiny_data):
+    """`llmft check` submits nothing, and its sbatch script is the one submitit then writes for the
+    same command (patterns, not job ids: the file is written before sbatch gives the id)."""
+    sweep = tmp_path / "sweep"
+    args = [*slurm_args(slurm, sweep), *(a for a in tiny_train_args(tiny_bert, tiny_data, tmp_path / "unused",
+                                                                     "train.max_steps=2")
+                                         if not a.startswith("hydra.run"))]
+    proc = run_cli("check", *args)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert not sweep.exists()
+    out = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(out) if line.strip().startswith("sbatch script")) + 1
+    planned = [line[4:] for line in out[start:] if line.startswith("    ") or not line]
+    planned = "\n".join(planned[:next((i for i, line in enumerate(planned) if line.startswith("srun")), -1) + 1])
+    proc = run_cli("train", *args, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (script,) = sweep.glob(".submitit/*/*_submission.sh")
+    assert "#SBATCH --partition=debug" in planned
+    assert script.read_text().strip() == planned.strip()

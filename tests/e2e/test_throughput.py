@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import LABELS, assert_user_error, read_jsonl, read_results, run_cli, tiny_train_args, write_csv
 
-from llmft.techniques.sampling import WINDOW, grouped_order
+from llmft.data.grouping import WINDOW, grouped_order
 
 
 def real_fraction(lengths, order, batch):

@@ -102,11 +102,11 @@ def test_a_token_typed_on_the_command_line_is_refused(tmp_path):
 
 
 def test_the_token_of_an_environment_variable_typed_is_refused(tmp_path):
-    """``logger.entity=$WANDB_API_KEY`` in a shell types the key itself, whatever its format."""
+    """``logger.wandb.entity=$WANDB_API_KEY`` in a shell types the key itself, whatever its format."""
     secret = "opensesame-not-a-known-format"
-    proc = run_cli("train", f"logger.entity={secret}", f"hydra.run.dir={tmp_path / 'run'}",
+    proc = run_cli("train", "logger=wandb", f"logger.wandb.entity={secret}", f"hydra.run.dir={tmp_path / 'run'}",
                    env={**cli_env(), "WANDB_API_KEY": secret})
-    assert_user_error(proc, "logger.entity: the value typed looks like the token in $WANDB_API_KEY",
+    assert_user_error(proc, "logger.wandb.entity: the value typed looks like the token in $WANDB_API_KEY",
                       "${oc.env:WANDB_API_KEY}")
     assert secret not in proc.stderr + proc.stdout
     assert not (tmp_path / "run").exists()
@@ -114,10 +114,10 @@ def test_the_token_of_an_environment_variable_typed_is_refused(tmp_path):
 
 @pytest.mark.parametrize("key,value,found", [
     ("data.hub_config", HF_LIKE, "HF_TOKEN"),
-    ("logger.entity", WANDB_LIKE, "WANDB_API_KEY"),
-    ("logger.entity", f"local-{WANDB_LIKE}", "WANDB_API_KEY"),
+    ("logger.wandb.entity", WANDB_LIKE, "WANDB_API_KEY"),
+    ("logger.wandb.entity", f"local-{WANDB_LIKE}", "WANDB_API_KEY"),
     ("data.hub_config", f"[a,{HF_LIKE}]", "HF_TOKEN"),  # inside a list or a sweep
-    ("logger.project", "Zx8KqP2mN7vR4tY9wL3sD6fG1hJ5kB0c", "MY_SECRET"),
+    ("logger.wandb.project", "Zx8KqP2mN7vR4tY9wL3sD6fG1hJ5kB0c", "MY_SECRET"),
     ("model.revision", WANDB_LIKE, None),  # a commit hash
     ("model.name_or_path", "HuggingFaceTB/SmolLM2-135M-Instruct", None),
     ("hydra.run.dir", f"outputs/{WANDB_LIKE}", None),  # a path

@@ -35,7 +35,8 @@ CONFIG_CASES = [
     (["train.distill.student_layers=2"], "train.distill.student_layers: builds a student from a teacher's blocks"),
     (["train.lr=${oc.env:LLMFT_TEST_UNSET_VARIABLE}"],
      "train.lr: the environment variable LLMFT_TEST_UNSET_VARIABLE is not set"),
-    (["logger.entity=${oc.env:LLMFT_TEST_UNSET_VARIABLE}"], "logger.entity: the environment variable"),
+    (["logger=wandb", "logger.wandb.entity=${oc.env:LLMFT_TEST_UNSET_VARIABLE}"],
+     "logger.wandb.entity: the environment variable"),
     (["train.lr=1e-4,3e-4"], "train.lr=1e-4,3e-4: several values make a sweep: add -m"),
     (["++train.lrr=1e-4"], "train.lrr: no such key in train"),  # ++ adds past the schema: a typo did nothing
     (["strategy=lora", "++strategy.alphaa=32"], "strategy.alphaa: no such key in strategy"),

