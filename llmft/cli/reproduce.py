@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmft.core.config import flatten
 from llmft.core.errors import EXIT_USER_ERROR, UserError
 
 ALLOW = "--allow-changed-data"
@@ -197,14 +198,6 @@ def compose(overrides: list[str], run: Path, manifest: dict):
         del cfg["hydra"]
     return cfg
 
-
-def flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def typed_keys(typed: list[str]) -> list[str]:

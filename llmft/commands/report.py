@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from llmft.core.config import flatten
 from llmft.runtime.layout import NOT_RUNS
 
 
@@ -82,8 +83,8 @@ def _identity(run: Path, hydra_config: dict) -> tuple[object, str | None, dict]:
             config = hydra_config
     if not config:
         return None, None, {}
-    flat = _flatten(config)
-    seeded = {k for k, v in _flatten(hydra_config).items() if isinstance(v, str) and "${seed}" in v}
+    flat = flatten(config)
+    seeded = {k for k, v in flatten(hydra_config).items() if isinstance(v, str) and "${seed}" in v}
     seed = flat.pop("seed", None)
     identity = {k: v for k, v in flat.items() if k not in seeded}
     identity.update(_input_digests(run / "manifest.json"))
@@ -101,14 +102,6 @@ def _input_digests(manifest: Path) -> dict:
         return {}
     return {k: v for k, v in inputs.items() if "#" in str(k)} if isinstance(inputs, dict) else {}
 
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict) and node:
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def _read_results(path: Path) -> tuple[dict | None, str | None]:

@@ -569,3 +569,14 @@ def _interpolation_error(key: str, raw, err: Exception) -> str:
         return (f"{key}: the environment variable {var} is not set (${{oc.env:{var}}}); export it, or give a "
                 f"default: ${{oc.env:{var},VALUE}}")
     return f"{key}={raw}: cannot resolve ({text})"
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """A plain (container) config as {"train.lr": 5e-05, ...}: one entry per leaf; an empty
+    section is a leaf ({})."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}

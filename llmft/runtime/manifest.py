@@ -54,7 +54,7 @@ def build(cfg, ident: dict) -> dict:
     manifest = {
         "manifest_version": VERSION,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "llmft": {"version": __version__, "root": str(package_root()), **git_state(package_root())},
+        "llmft": {"version": __version__, "root": str(package_root()), **git_state(package_root(), secrets)},
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
         "packages": packages(),
         "hardware": hardware(cfg),
@@ -83,9 +83,12 @@ def package_root() -> Path:
     return Path(llmft.__file__).resolve().parent.parent
 
 
-def git_state(root: Path) -> dict:
+def git_state(root: Path, secrets=()) -> dict:
     """{"git": {"commit", "dirty", "status", "diff", ...}} of the checkout llmft runs from, or
-    {"git": {"commit": None, "why": ...}} when it is not one (an installed wheel, no git)."""
+    {"git": {"commit": None, "why": ...}} when it is not one (an installed wheel, no git).
+    ``secrets``: the config's secret values, cut out of the diff (an edited file may hold one)."""
+    from llmft.core.redact import scrub_text
+
     def git(*args) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout
@@ -100,7 +103,8 @@ def git_state(root: Path) -> dict:
         if status:
             diff = git("diff", "HEAD", "--no-color")
             raw = diff.encode("utf-8", "surrogateescape")
-            state.update(diff=raw[:DIFF_CAP].decode("utf-8", "ignore"), diff_bytes=len(raw), diff_cap_bytes=DIFF_CAP,
+            state.update(diff=scrub_text(raw[:DIFF_CAP].decode("utf-8", "ignore"), secrets), diff_bytes=len(raw),
+                         diff_cap_bytes=DIFF_CAP,
                          diff_truncated=len(raw) > DIFF_CAP,
                          diff_covers="tracked files (git diff HEAD); untracked ones are named in status only")
         return {"git": state}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from llmft.core.config import flatten
 from llmft.core.errors import UserError
 from llmft.runtime.preemption import PREEMPTION
 from llmft.runtime.ownership import atomic_write, fsync_tree
@@ -52,7 +53,7 @@ def fingerprint(cfg) -> dict:
     from llmft.core.digest import input_digests
     from llmft.core.redact import redacted
 
-    flat = {k: v for k, v in _flatten(redacted(cfg)).items()
+    flat = {k: v for k, v in flatten(redacted(cfg)).items()
             if not any(k == n or k.startswith(n + ".") for n in NOT_FINGERPRINTED)}
     flat.update(input_digests(cfg))
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -64,15 +65,6 @@ def config_difference(saved: dict, current: dict, limit: int = 4) -> str:
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     text = ", ".join(f"{k} {saved.get(k)} -> {current.get(k)}" for k in keys[:limit])
     return text + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "") if keys else "unknown keys"
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: node}
 
 
 class RunDir:

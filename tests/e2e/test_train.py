@@ -80,7 +80,8 @@ def test_eval_reproduces_the_run_and_the_adapter_reloads_through_peft(tmp_path, 
     assert evaluated["num_eval_examples"] == trained["num_eval_examples"]
     assert read_jsonl(eval_dir / "predictions.jsonl") == read_jsonl(run_dir / "predictions.jsonl")
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
-        "config.yaml", "metrics.jsonl", "model", "predictions.jsonl", "results.json", "retention.png", "train.log"]
+        "config.yaml", "manifest.json", "metrics.jsonl", "model", "predictions.jsonl", "results.json", "retention.png",
+        "train.log"]
 
     # A data.KEY override applies on top of the run's data config.
     proc = run_cli("eval", f"model_dir={run_dir / 'model'}", "data.max_eval_samples=10",

@@ -122,6 +122,10 @@ def test_git_state_diff_when_dirty_and_its_cap(tmp_path, monkeypatch):
     assert dirty["dirty"] and "?? new.txt" in dirty["status"] and " M llmft/a.py" in dirty["status"]
     assert "-x = 1\n+x = 2\n" in dirty["diff"] and dirty["diff_truncated"] is False
     assert dirty["diff_bytes"] == len(dirty["diff"].encode())
+    (root / "llmft" / "a.py").write_text("x = 2\ntoken = 'sk-not-a-real-one-1234'\n")  # an edit holding the config's secret
+    scrubbed = m.git_state(root.resolve(), {"sk-not-a-real-one-1234"})["git"]
+    assert "sk-not-a-real-one-1234" not in scrubbed["diff"] and "token = '" in scrubbed["diff"]
+    (root / "llmft" / "a.py").write_text("x = 2\n" + "y = 0\n" * 100)
     monkeypatch.setattr(m, "DIFF_CAP", 100)
     cut = m.git_state(root.resolve())["git"]
     assert cut["diff_truncated"] and cut["diff_cap_bytes"] == 100 and len(cut["diff"].encode()) <= 100
