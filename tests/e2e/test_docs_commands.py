@@ -236,6 +236,9 @@ def docs_folder(tmp_path_factory, tiny_bert4, tiny_chat_llama) -> tuple[Path, li
     script = ("import sys; sys.path[:0] = sys.argv[1].split('|'); import test_docs_commands as t; "
               "t.drive_with_copies(sys.argv[2])")
     env = {**cli_env(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # `llmft check` with a SLURM launcher reads the partitions: the documented ones, whether or not
+    # the local test cluster (pytest --slurm) is up; sbatch fails (check never calls it)
+    env["PATH"] = f"{slurm_stand_ins(root)}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", script, f"{Path(__file__).parent}|{REPO / 'tests'}", "plan.json"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -323,6 +326,18 @@ def test_a_documented_command_runs(step, docs_folder):
         pytest.fail(f"{step['where']}: `{step['command']}` ran as {result['runs']}: exit {result['code']}\n{tail}")
 
 
+def slurm_stand_ins(root: Path) -> Path:
+    """SLURM stand-ins: sbatch is never called before a run; sinfo lists the partitions the docs name."""
+    bin_ = root / "bin"
+    if not bin_.exists():
+        bin_.mkdir()
+        (bin_ / "sbatch").write_text("#!/bin/sh\necho 'sbatch: not a cluster' >&2\nexit 1\n")
+        (bin_ / "sinfo").write_text("#!/bin/sh\nprintf 'cpu*\\ngpu\\n'\n")
+        for tool in ("sbatch", "sinfo"):
+            (bin_ / tool).chmod(0o755)
+    return bin_
+
+
 @pytest.mark.parametrize("step", ONLY, ids=[step_id(s) for s in ONLY])
 def test_a_documented_command_that_cannot_run_here_validates(step, docs_folder, monkeypatch):
     """Composes and validates in the folder the other commands ran in (STAND_INS for SLURM)."""
@@ -331,14 +346,7 @@ def test_a_documented_command_that_cannot_run_here_validates(step, docs_folder, 
     if command in ELSEWHERE:
         pytest.skip(ELSEWHERE[command])
     monkeypatch.chdir(root)
-    bin_ = root / "bin"  # SLURM stand-ins: sbatch is never called before a run; sinfo lists partitions
-    if not bin_.exists():
-        bin_.mkdir()
-        (bin_ / "sbatch").write_text("#!/bin/sh\necho 'sbatch: not a cluster' >&2\nexit 1\n")
-        (bin_ / "sinfo").write_text("#!/bin/sh\nprintf 'cpu*\\ngpu\\n'\n")
-        for tool in ("sbatch", "sinfo"):
-            (bin_ / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PATH", f"{slurm_stand_ins(root)}{os.pathsep}{os.environ.get('PATH', '')}")
     where = f"{step['where']}: `{command}` ({validate_only(command)})"
     where += "".join(f" ({why})" for key, why in STAND_INS.items() if key in command)
     for argv in expand(command, {"distill": "STUDENT_RUN"}, None):
