@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, make_rows
-from test_readme_commands import ELIDED, ELSEWHERE, STAND_INS, check_args, file_lines, pages, readme_commands
+from test_readme_commands import (ELIDED, ELSEWHERE, STAND_INS, check_args, file_lines, pages, readme_commands,
+                                  slurm_stand_ins)
 from llmft.core.errors import UserError
 
 README = REPO / "README.md"
@@ -324,18 +325,6 @@ def test_a_documented_command_runs(step, docs_folder):
         log = root / "logs" / f"{index}.log"
         tail = log.read_text()[-3000:] if log.exists() else ""
         pytest.fail(f"{step['where']}: `{step['command']}` ran as {result['runs']}: exit {result['code']}\n{tail}")
-
-
-def slurm_stand_ins(root: Path) -> Path:
-    """SLURM stand-ins: sbatch is never called before a run; sinfo lists the partitions the docs name."""
-    bin_ = root / "bin"
-    if not bin_.exists():
-        bin_.mkdir()
-        (bin_ / "sbatch").write_text("#!/bin/sh\necho 'sbatch: not a cluster' >&2\nexit 1\n")
-        (bin_ / "sinfo").write_text("#!/bin/sh\nprintf 'cpu*\\ngpu\\n'\n")
-        for tool in ("sbatch", "sinfo"):
-            (bin_ / tool).chmod(0o755)
-    return bin_
 
 
 @pytest.mark.parametrize("step", ONLY, ids=[step_id(s) for s in ONLY])

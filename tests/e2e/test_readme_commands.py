@@ -283,13 +283,21 @@ def workspace(tmp_path_factory) -> Path:
             "status": "completed", "strategy": strategy, "primary_metric": "accuracy",
             "eval": {"accuracy": accuracy}, "params": {"trainable": 1000, "trainable_pct": 100.0},
             "train": {"runtime_s": 1.0}}))
-    bin_ = root / "bin"  # SLURM stand-ins: sbatch is never called before a run; sinfo lists partitions
-    bin_.mkdir()
-    (bin_ / "sbatch").write_text("#!/bin/sh\necho 'sbatch: not a cluster' >&2\nexit 1\n")
-    (bin_ / "sinfo").write_text("#!/bin/sh\nprintf 'cpu*\\ngpu\\n'\n")
-    for tool in ("sbatch", "sinfo"):
-        (bin_ / tool).chmod(0o755)
+    slurm_stand_ins(root)
     return root
+
+
+def slurm_stand_ins(root: Path) -> Path:
+    """SLURM stand-ins in root/bin: sbatch is never called before a run; sinfo lists the partitions
+    the docs name (whether or not the local test cluster of pytest --slurm is up)."""
+    bin_ = root / "bin"
+    if not bin_.exists():
+        bin_.mkdir()
+        (bin_ / "sbatch").write_text("#!/bin/sh\necho 'sbatch: not a cluster' >&2\nexit 1\n")
+        (bin_ / "sinfo").write_text("#!/bin/sh\nprintf 'cpu*\\ngpu\\n'\n")
+        for tool in ("sbatch", "sinfo"):
+            (bin_ / tool).chmod(0o755)
+    return bin_
 
 
 @pytest.fixture
