@@ -209,7 +209,8 @@ def compose(command: str, *overrides: str):
 
 
 def test_train_eval_and_predict_in_the_data_units(tmp_path, tiny_bert):
-    """A few steps learn better than the mean predictor; predictions.jsonl, llmft eval of the saved
+    """A few steps learn far better than the mean predictor (6 epochs: mse/mean-mse <= 0.02 over six
+    initialisations, 0.15-0.58 at 3); predictions.jsonl, llmft eval of the saved
     model (at two eval batch sizes: same loss) and llmft predict agree, in the data's units."""
     from llmft.commands import evaluate, predict, train
     from llmft.tasks.regression import scores
@@ -219,7 +220,7 @@ def test_train_eval_and_predict_in_the_data_units(tmp_path, tiny_bert):
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in regression_rows(21, 2)))
     data = ["data=csv", "data.task=regression", f"data.train_file={train_file}", f"data.eval_file={eval_file}",
             "data.label_scale=standard"]
-    cfg = compose("train", "model=hf", f"model.name_or_path={tiny_bert}", *data, "train.epochs=3",
+    cfg = compose("train", "model=hf", f"model.name_or_path={tiny_bert}", *data, "train.epochs=6",
                   "train.batch_size=8", "train.lr=3e-3", "train.retention.report=false", "print_config=false")
     results = train.main(cfg, tmp_path / "run")
     assert results["primary_metric"] == "r2" and results["task"] == "regression"
