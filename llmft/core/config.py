@@ -134,6 +134,11 @@ class DataConfig:
     system_prompt: Optional[str] = None
     # sft: the assistant turns that carry loss: every one of a multi-turn chat, or the last only
     train_on: str = choice("all_assistant", "last")
+    # preference / reward: prompt_column + chosen/rejected (text, or chat message lists); KTO's
+    # unpaired rows: prompt_column + completion_column + label_column (desirable: true/false)
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    completion_column: str = "completion"
     # Splits made from the train file (seeded, stratified) when no file is given for them.
     validation_fraction: float = 0.0
     eval_fraction: float = 0.1
@@ -324,6 +329,20 @@ class AdversarialConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference tuning (data.task=preference; models/preference.py)."""
+    loss: str = choice("dpo", "ipo", "orpo", "simpo", "kto")
+    beta: Optional[float] = None  # null: the loss's own default
+    label_smoothing: float = 0.0
+    # auto: model for losses with a reference term (dpo, ipo, kto), none for orpo / simpo; model: the
+    # base with the adapter disabled (PEFT strategies) or a frozen copy; precomputed: its log-probs once
+    reference: str = choice("auto", "model", "none", "precomputed")
+    simpo_gamma: float = 0.5  # simpo: the target reward margin
+    desirable_weight: float = 1.0  # kto
+    undesirable_weight: float = 1.0  # kto
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -338,7 +357,10 @@ class TrainConfig:
     num_cycles: float = 1.0  # cosine_with_restarts: restarts (cosine: 0.5 = one half-wave)
     power: float = 1.0  # polynomial decay
     cyclic: CyclicConfig = field(default_factory=CyclicConfig)
-    optim: str = choice("adamw", "sgd", "adafactor")  # adamw: torch's fused kernel
+    optim: str = choice("adamw", "sgd", "adafactor", "galore_adamw", "apollo_adamw")  # adamw: torch's fused kernel
+    # galore_adamw / apollo_adamw: the linear layers whose gradients are projected (null: attention and MLP)
+    optim_target_modules: Optional[List[str]] = None
+    optim_rank: int = 128  # galore / apollo: the projection's rank
     momentum: float = 0.9  # sgd
     loss: str = choice("ce", "focal")  # classification, ner
     focal_gamma: float = 2.0
@@ -352,6 +374,7 @@ class TrainConfig:
     l1: float = 0.0  # L1 penalty: + l1 * sum |w| over the trainable weights (l1_to=pretrained: |w - w_0|); 0: off
     l1_to: str = choice("zero", "pretrained")
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # data.task=preference
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)

@@ -21,6 +21,10 @@ class LoraKnobs:
     # Module names to adapt; null: PEFT's default for the architecture (BERT: query, value;
     # Llama: q_proj, v_proj). [all-linear] adapts every linear layer but the head.
     target_modules: Optional[List[str]] = None
+    # How A and B start (PEFT's init_lora_weights): default (Kaiming-uniform A, B = 0), gaussian,
+    # pissa / olora (from the weights' SVD / QR), eva / corda (from a pass over the train split), loftq
+    init: str = choice("default", "gaussian", "pissa", "olora", "eva", "loftq", "corda")
+    lr_ratio: float = 1.0  # LoRA+: B's learning rate is lr_ratio x A's (lora_plus: 16)
 
 
 @dataclass
