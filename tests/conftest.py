@@ -91,6 +91,23 @@ def seeded(seed: int = 0):
         yield
 
 
+def compose_config(command: str, *overrides: str, validate: bool = False):
+    """The command's config composed in process (no run folder), validated as the CLI does when asked."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from llmft.cli.app import config_dir
+    from llmft.cli.validate import register_configs
+    from llmft.cli.validate import validate as check
+
+    register_configs()
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = hydra_compose(command, overrides=list(overrides))
+    if validate:
+        check(cfg)
+    return cfg
+
+
 def _corpus() -> list[str]:
     return [r["text"] for r in make_rows(300, seed=0)]
 

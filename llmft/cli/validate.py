@@ -18,7 +18,7 @@ from llmft.data.files import validate_data
 from llmft.models.generation import validate_generate
 from llmft.models.loading import check_saved_model, validate_model
 from llmft.runtime.distributed import validate_hardware
-from llmft.runtime.trainer import validate_logger, validate_train
+from llmft.runtime.trainer import validate_logger, validate_optimizer, validate_train
 from llmft.strategies import strategy_class, strategy_configs
 from llmft.tasks import TASKS
 from llmft.techniques import validate_all as validate_techniques
@@ -67,6 +67,8 @@ def validate(cfg, command: str = "train") -> None:
     strategy = strategy_class(cfg.strategy.name) if "strategy" in cfg else None
     if strategy is not None and "hardware" in cfg:
         strategy.check_hardware(cfg)
+    if "train" in cfg:
+        validate_optimizer(cfg, strategy)
     if strategy is not None and "train" in cfg:
         validate_techniques(cfg, task, strategy)
     if "model" in cfg:

@@ -166,10 +166,11 @@ def rows(runs: list[dict], root: Path) -> tuple[list[str], list[list[str]]]:
 
 def baseline_value(results: dict) -> float | None:
     """The primary metric of the trivial predictor (majority class / all-O; regression: the train
-    mean), where the task has one."""
+    mean; preference: the reference model's own), where the task has one."""
     baseline, metric = results.get("baseline") or {}, results.get("primary_metric")
     value = baseline.get(f"majority_{metric}")
-    return baseline.get(f"mean_{metric}") if value is None else value
+    value = baseline.get(f"mean_{metric}") if value is None else value
+    return baseline.get(metric) if value is None else value
 
 
 def _num(value, fmt: str) -> str:

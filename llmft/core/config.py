@@ -361,6 +361,8 @@ class TrainConfig:
     # galore_adamw / apollo_adamw: the linear layers whose gradients are projected (null: attention and MLP)
     optim_target_modules: Optional[List[str]] = None
     optim_rank: int = 128  # galore / apollo: the projection's rank
+    optim_update_proj_gap: int = 200  # galore / apollo: optimizer steps between new projections
+    optim_scale: Optional[float] = None  # galore / apollo: the update's scale (null: 0.25 galore, 1.0 apollo)
     momentum: float = 0.9  # sgd
     loss: str = choice("ce", "focal")  # classification, ner
     focal_gamma: float = 2.0
@@ -375,6 +377,9 @@ class TrainConfig:
     l1_to: str = choice("zero", "pretrained")
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # data.task=preference
+    # data.task=reward: + coefficient x mean((r_chosen + r_rejected)^2) in training, keeps scores near 0
+    # (TRL's center_rewards_coefficient; it recommends 0.01, Eisenstein et al. 2023 Eq. 2); null: off
+    center_rewards_coefficient: Optional[float] = None
     logging_steps: int = 10
     save_steps: int = 0  # > 0: a checkpoint every N steps in <run>/checkpoints
     save_total_limit: int = 2  # checkpoints kept (the newest)

@@ -18,6 +18,8 @@ from llmft.runtime.hf_private import TrainerPrivates
 from llmft.runtime.split_loss import SplitLoss, row_losses
 from llmft.runtime.throughput import TokenCounter
 
+LOW_RANK_OPTIMIZERS = ("galore_adamw", "apollo_adamw")  # runtime/trainer.py's (it imports this module)
+
 
 class LlmftTrainer(TrainerPrivates, Trainer):
     """``task``: its loss kind and whether its loss is a token mean; ``param_groups``: the
@@ -67,11 +69,24 @@ class LlmftTrainer(TrainerPrivates, Trainer):
         return SplitLoss() if self.task.loss_kind is not None else None
 
     def create_optimizer(self, model=None):
-        if self.param_groups is None or self.optimizer is not None:
+        low_rank = self.args.optim in LOW_RANK_OPTIMIZERS
+        if (self.param_groups is None and not low_rank) or self.optimizer is not None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
-        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = optimizer_cls(optimizer_groups(self, model, self.param_groups), **kwargs)
+        try:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        except ValueError as err:  # GaLore / APOLLO: no linear layer has a name the targets match
+            if not (low_rank and "No target modules" in str(err)):
+                raise
+            targets = self.args.optim_target_modules
+            raise UserError(f"train.optim_target_modules: no linear layer's name matches {targets}; give module "
+                            f"names, parts of them or regexes (null: the attention and MLP layers)") from None
+        groups = self.param_groups or [{"name": "all", "lr_scale": 1.0,
+                                        "params": [n for n, p in model.named_parameters() if p.requires_grad]}]
+        groups = optimizer_groups(self, model, groups)
+        if low_rank:  # transformers' GaLore / APOLLO groups: [rest, target weights + projection settings]
+            groups = projected_groups(groups, kwargs.pop("params"), self.args)
+        self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -146,6 +161,41 @@ def optimizer_groups(trainer, model, groups: list[dict]) -> list[dict]:
     return out
 
 
+def projected_groups(groups: list[dict], low_rank: list[dict], args) -> list[dict]:
+    """llmft's groups (lr scale, weight decay) with each split into its target weights, which carry
+    the projection settings, and the rest. transformers' own two groups drop weight decay (the
+    optimizer's default 0 applies) and every strategy's lr scale."""
+    _, target = low_rank
+    settings = {k: v for k, v in target.items() if k != "params"}
+    projected = {id(p) for p in target["params"]}
+    out = []
+    for group in groups:
+        for is_target in (False, True):
+            params = [p for p in group["params"] if (id(p) in projected) == is_target]
+            if params:
+                out.append({**group, "params": params, **(settings if is_target else {})})
+    if not any("rank" in g for g in out):
+        raise UserError(f"train.optim_target_modules: no weight that trains matches {args.optim_target_modules} "
+                        f"(null: the linear layers of the attention and MLP blocks); name the modules to project")
+    return out
+
+
+def low_rank_projectors() -> list:
+    """The projector objects GaLore / APOLLO keep in the optimizer state (a checkpoint pickles
+    them; a weights-only load must be allowed to rebuild them)."""
+    classes = []
+    with contextlib.suppress(ImportError):
+        from galore_torch.galore_projector import GaLoreProjector
+
+        classes.append(GaLoreProjector)
+    with contextlib.suppress(ImportError):
+        from apollo_torch.random_projector import GradientProjector
+        from apollo_torch.svd_projector import GaLoreProjector as ApolloSVDProjector
+
+        classes += [GradientProjector, ApolloSVDProjector]
+    return classes
+
+
 def torch_scheduler(t, optimizer, total_steps: int):
     """one_cycle (warm up to each group's lr, then anneal; warmup_ratio sets the rise) or cyclic
     (CyclicLR between base_lr and max_lr), scaled per optimizer group like its lr."""
@@ -184,6 +234,7 @@ def weights_only_loads(checkpoint: str):
         allowed = deepspeed_saved_classes()
     except ImportError:  # no DeepSpeed: the Trainer's own loads are weights-only already
         allowed = []
+    allowed += low_rank_projectors()
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:

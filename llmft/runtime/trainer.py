@@ -44,8 +44,28 @@ def scheduler_kwargs(t) -> dict:
 
 def optimizer_name(optim: str, hardware) -> str:
     """adamw: torch's fused kernel, on the CPU too (it steps faster there than the for-each one);
-    sgd with momentum; adafactor (transformers')."""
+    sgd with momentum; adafactor, galore_adamw, apollo_adamw (transformers' integrations)."""
     return "adamw_torch_fused" if optim == "adamw" else optim
+
+
+LOW_RANK_OPTIMIZERS = {"galore_adamw": "galore_torch", "apollo_adamw": "apollo_torch"}  # optim -> its package
+# null train.optim_target_modules: every linear layer inside the stack of blocks (BERT encoder.layer.N,
+# Llama model.layers.N, T5 block.N), i.e. attention and MLP; not embeddings, pooler, lm_head or task head.
+# transformers' rule: a list entry is a module name, a substring of one, or a regex it fully matches.
+DEFAULT_TARGET_MODULES = [r".*\.(layer|layers|h|block|blocks)\.\d+\..+"]
+
+
+def optimizer_arguments(t) -> dict:
+    """train.optim and its knobs as TrainingArguments' optim / optim_args / optim_target_modules."""
+    args = {"optim": optimizer_name(t.optim, None), "optim_args": None}
+    if t.optim == "sgd":
+        args["optim_args"] = f"momentum={t.momentum}"
+    if t.optim in LOW_RANK_OPTIMIZERS:  # transformers reads rank, update_proj_gap, scale from optim_args
+        knobs = {"rank": t.optim_rank, "update_proj_gap": t.optim_update_proj_gap, "scale": t.optim_scale}
+        args["optim_args"] = ",".join(f"{k}={v}" for k, v in knobs.items() if v is not None)
+        targets = t.optim_target_modules
+        args["optim_target_modules"] = list(targets) if targets is not None else list(DEFAULT_TARGET_MODULES)
+    return args
 
 
 def checkpoint_and_eval_arguments(t, early_stopping_metric: str | None) -> dict:
@@ -82,8 +102,7 @@ def training_arguments(cfg, output_dir: Path, report_to: list[str], deepspeed: d
         # torch's one_cycle / cyclic replace this placeholder in LlmftTrainer.create_scheduler
         lr_scheduler_type="constant" if t.lr_scheduler in TORCH_SCHEDULERS else t.lr_scheduler,
         lr_scheduler_kwargs=scheduler_kwargs(t),
-        optim=optimizer_name(t.optim, cfg.hardware),
-        optim_args=f"momentum={t.momentum}" if t.optim == "sgd" else None,
+        **optimizer_arguments(t),
         logging_steps=t.logging_steps,
         **checkpoint_and_eval_arguments(t, early_stopping_metric),
         report_to=report_to,
@@ -192,6 +211,36 @@ LR_SCHEDULERS = (
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
     "warmup_stable_decay", "greedy", "one_cycle", "cyclic",
 )
+
+
+def validate_optimizer(cfg, strategy) -> None:
+    """train.optim against the strategy and the hardware (torch-free)."""
+    t = cfg.train
+    if t.optim not in LOW_RANK_OPTIMIZERS:
+        return
+    import importlib.util
+
+    require(t.optim_rank >= 1, "train.optim_rank", f"must be >= 1 (got {t.optim_rank})")
+    require(t.optim_update_proj_gap >= 1, "train.optim_update_proj_gap",
+            f"must be >= 1 (got {t.optim_update_proj_gap})")
+    require(t.optim_scale is None or t.optim_scale > 0, "train.optim_scale", f"must be > 0 (got {t.optim_scale})")
+    targets = t.optim_target_modules
+    require(targets is None or (len(targets) > 0 and all(str(m).strip() for m in targets)),
+            "train.optim_target_modules", "must be null (attention and MLP) or a non-empty list of names / regexes")
+    require(importlib.util.find_spec(LOW_RANK_OPTIMIZERS[t.optim]) is not None, "train.optim",
+            f"{t.optim} needs {LOW_RANK_OPTIMIZERS[t.optim]}: pip install 'llmft[lowmem-optim]'")
+    if strategy is not None:
+        require(strategy.trains_matrices(cfg), "train.optim",
+                f"{t.optim} projects the gradients of whole weight matrices; strategy={strategy.name} trains none "
+                f"(adapters, prompts or biases): use strategy=full / freeze / llrd, or train.optim=adamw")
+        # APOLLO seeds each projection when it is built, for the weights that train then only
+        require(t.optim != "apollo_adamw" or not strategy.unfreezes_later, "train.optim",
+                f"apollo_adamw seeds its projections for the weights that train at the start; strategy="
+                f"{strategy.name} unfreezes more later: use train.optim=galore_adamw")
+    # ZeRO hands the optimizer flat 1-D partitions of the weights: no matrix left to project
+    require(cfg.get("hardware") is None or cfg.hardware.zero_stage == 0, "hardware.zero_stage",
+            f"train.optim={t.optim} needs each weight as a matrix, DeepSpeed ZeRO gives the optimizer flat "
+            f"1-D shards; use hardware.zero_stage=0 (DDP) or train.optim=adamw")
 
 
 def validate_train(t) -> None:

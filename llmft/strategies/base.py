@@ -55,6 +55,12 @@ class Strategy:
         return False
 
     @classmethod
+    def trains_matrices(cls, run_cfg) -> bool:
+        """True: whole weight matrices train (what GaLore / APOLLO project); False: adapters,
+        prompts, biases, or nothing."""
+        return cls.trains and not cls.saves_adapter
+
+    @classmethod
     def check_hardware(cls, run_cfg) -> None:
         """The DeepSpeed ZeRO stage the hardware asks for is one this strategy runs under."""
         stage = run_cfg.hardware.zero_stage

@@ -15,6 +15,10 @@ class BitFitStrategyConfig(StrategyConfig):
 class BitFit(Strategy):
     config = BitFitStrategyConfig
 
+    @classmethod
+    def trains_matrices(cls, run_cfg) -> bool:
+        return False  # biases and the head only
+
     def apply(self, model):
         set_trainable(model, lambda name, part: part.kind == "head" or name.endswith(".bias"))
         return model

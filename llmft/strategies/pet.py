@@ -11,7 +11,7 @@ from pathlib import Path
 from llmft.core.config import choice
 from llmft.core.errors import require
 from llmft.strategies.base import wrap_peft
-from llmft.strategies.lora import LoraKnobs, check_lora_knobs, lora_config
+from llmft.strategies.lora import LoraKnobs, check_lora_knobs, lora_config, lora_plus_groups
 from llmft.strategies.zero_shot import ZeroShot, ZeroShotStrategyConfig
 
 
@@ -52,12 +52,20 @@ class PET(ZeroShot):
                 f"the final classifier's learning rate must be > 0 (got {s.final_lr})")
         if s.params != "full":
             check_lora_knobs(s)
+        require(s.init in ("default", "gaussian"), "strategy.init",
+                f"PET's adapter supports init=default|gaussian (got {s.init}: its data pass and weight "
+                f"conversion run for strategy=lora|dora|rslora)")
+        require(s.params != "full" or s.lr_ratio == 1, "strategy.lr_ratio", "LoRA+ needs strategy.params=lora|dora")
 
     # The ensemble of patterns (strategy.ensemble): what it is made of; techniques/pet_ensemble.py
     # runs its stages, scores and averages them, and trains the final classifier.
     @classmethod
     def pattern_ensemble(cls, run_cfg) -> bool:
         return bool(run_cfg.strategy.get("ensemble", False))
+
+    @classmethod
+    def trains_matrices(cls, run_cfg) -> bool:
+        return run_cfg.strategy.params == "full"
 
     @classmethod
     def ensemble_patterns(cls, run_cfg) -> list[dict]:
@@ -104,6 +112,9 @@ class PET(ZeroShot):
             return self.classifier(model)
         lora = lora_config(self.cfg, "CAUSAL_LM" if self.kind == "causal" else None, self.cfg.params == "dora")
         return self.classifier(wrap_peft(model, lora))
+
+    def param_groups(self, model):
+        return lora_plus_groups(model, self.cfg.lr_ratio)
 
     def save(self, trainer, model_dir: Path) -> None:
         if trainer.is_world_process_zero():

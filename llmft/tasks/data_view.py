@@ -37,7 +37,7 @@ def inspect(cfg, task, splits: dict, tokenized_train, tokenizer) -> dict:
     sample = untruncated(task, train.select(picked), tokenizer)
     facts = {"task": task.name, "max_length": cfg.data.max_length,
              "sample": {"rows": len(picked), "of": len(train), "seed": cfg.seed},
-             "lengths": length_facts([len(ids) for ids in sample["input_ids"]], cfg.data.max_length)}
+             "lengths": length_facts(sequence_lengths(sample["input_ids"]), cfg.data.max_length)}
     facts["padding"] = padding_facts(cfg, row_lengths(tokenized_train))
     labels = label_facts(cfg, task, splits)
     if labels:
@@ -48,7 +48,14 @@ def inspect(cfg, task, splits: dict, tokenized_train, tokenizer) -> dict:
         facts["targets"] = length_facts([len(ids) for ids in sample["labels"]], cfg.data.max_length)
     elif task.name == "qa":  # a long context is split into windows, not truncated
         facts["windows"] = {"examples": len(train), "windows": len(tokenized_train)}
+    elif task.name == "preference":  # a pair is two sequences (prompt + chosen, prompt + rejected)
+        facts["pairs"] = {"rows": len(train), "paired": "chosen" in train.column_names}
     return facts
+
+
+def sequence_lengths(column) -> list[int]:
+    """Each row's token count; a preference pair's two sequences count as two rows."""
+    return [len(x) for ids in column for x in (ids if ids and isinstance(ids[0], list) else [ids])]
 
 
 def untruncated(task, rows, tokenizer):
@@ -69,9 +76,13 @@ def arrow_column(rows, name: str):
 
 def row_lengths(rows) -> list[int]:
     """len(input_ids) of every row, from the Arrow column (no Python lists of token ids)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    return pc.list_value_length(arrow_column(rows, "input_ids")).to_pylist()
+    column = arrow_column(rows, "input_ids")
+    if pa.types.is_list(column.type.value_type) or pa.types.is_large_list(column.type.value_type):
+        column = pc.list_flatten(column)  # preference pairs: each sequence of a pair is a row
+    return pc.list_value_length(column).to_pylist()
 
 
 def quantile(values: list[int], q: float) -> int:
@@ -284,6 +295,11 @@ def render(facts: dict) -> list[str]:
         lines += loss_lines(facts["loss"], max_length)
     if "targets" in facts:
         lines += length_lines("target lengths", facts["targets"], max_length)
+    if "pairs" in facts:
+        p = facts["pairs"]
+        what = "pairs, each two sequences (prompt + chosen, prompt + rejected)" if p["paired"] else \
+            "unpaired rows (prompt + completion, labelled desirable or not)"
+        lines.append(f"  preference: {p['rows']:,} {what}; lengths and padding count sequences")
     if "windows" in facts:
         w = facts["windows"]
         lines.append(f"  qa: {w['examples']:,} examples -> {w['windows']:,} windows (a context longer than "

@@ -110,6 +110,7 @@ def data_files(tmp_path_factory):
         "squad_file": root / "squad.json",
         "jsonl_sft": root / "sft.jsonl",
         "jsonl_seq2seq": root / "seq2seq.jsonl",
+        "jsonl_preference": root / "sft.jsonl",  # validation reads no rows: any file does
     }
 
 

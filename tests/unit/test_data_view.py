@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_rows, write_csv
+from conftest import compose_config, make_rows, write_csv
 
 from llmft.tasks import data_view
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from llmft.cli.app import config_dir
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 def facts_for(model, train, eval_, *overrides, data="csv"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_rows, preflight, read_jsonl, refused
+from conftest import compose_config, make_rows, preflight, read_jsonl, refused
 
 from llmft.core.errors import UserError
 
@@ -195,17 +195,7 @@ def regression_rows(n: int, seed: int) -> list[dict]:
 
 
 def compose(command: str, *overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from llmft.cli.app import config_dir
-    from llmft.cli.validate import register_configs, validate
-
-    register_configs()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = hydra_compose(command, overrides=list(overrides))
-    validate(cfg)
-    return cfg
+    return compose_config(command, *overrides, validate=True)
 
 
 def test_train_eval_and_predict_in_the_data_units(tmp_path, tiny_bert):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_rows, refused
+from conftest import compose_config, make_rows, refused
 
 L1 = 1e-3
 
@@ -37,15 +37,7 @@ def classification(model_path, rows: int = 8, dropout=None):
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from llmft.cli.app import config_dir
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 # ----------------------------------------------------------------------------- model.dropout

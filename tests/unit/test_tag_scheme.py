@@ -9,22 +9,14 @@ import json
 import random
 
 import pytest
-from conftest import read_jsonl, refused
+from conftest import compose_config, read_jsonl, refused
 
 POS = {"the": "DT", "a": "DT", "my": "PRP$", "was": "VBD", "it": "PRP", "so": "RB", "today": "NN",
        "great": "JJ", "awful": "JJ", "table": "NN", "report": "NN", "love": "VBP", "hate": "VBP", ".": "."}
 
 
 def compose(command: str, *overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from llmft.cli.app import config_dir
-    from llmft.cli.validate import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        return hydra_compose(command, overrides=list(overrides))
+    return compose_config(command, *overrides)
 
 
 def task_for(scheme: str, labels=None):
