@@ -165,10 +165,11 @@ def test_rslora_scales_the_update_by_the_square_root_of_the_rank(tiny_bert):
     from llmft.strategies import strategy_class
 
     task = type("Task", (), {"peft_task_type": "SEQ_CLS"})()
-    knobs = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": None, "bias": "none", "use_dora": False}
+    knobs = {"r": 4, "alpha": 16, "dropout": 0.0}
     scales = {}
-    for name in ("lora", "rslora"):
-        strategy = strategy_class(name)(OmegaConf.create({"strategy": {"name": name, **knobs}}), task)
+    for name in ("lora", "rslora"):  # every other knob at the strategy's own default (its schema)
+        schema = OmegaConf.structured(strategy_class(name).config(name=name, **knobs))
+        strategy = strategy_class(name)(OmegaConf.create({"strategy": schema}), task)
         model = strategy.apply(base_model(tiny_bert))
         scales[name] = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
     assert scales == {"lora": {16 / 4}, "rslora": {16 / math.sqrt(4)}}
