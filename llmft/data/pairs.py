@@ -59,10 +59,10 @@ def _paired(dataset, source: str, d):
                                                           dataset[d.rejected_column]), 1):
         if prompt is None and not has_prompt:
             prompt, chosen, rejected = _shared_prompt(chosen, rejected, d, source, row)
-        prompt = _value(prompt, d.prompt_column, source, row)
-        chosen = _value(chosen, d.chosen_column, source, row)
-        rejected = _value(rejected, d.rejected_column, source, row)
-        prompt, chosen, rejected = _as_chats(prompt, chosen, rejected)
+        prompt = cell_value(prompt, d.prompt_column, source, row)
+        chosen = cell_value(chosen, d.chosen_column, source, row)
+        rejected = cell_value(rejected, d.rejected_column, source, row)
+        prompt, chosen, rejected = as_chats(prompt, chosen, rejected)
         if chosen == rejected:
             raise UserError(f"{source}: row {row}: '{d.chosen_column}' and '{d.rejected_column}' are identical; "
                             f"a pair must differ (drop the row)")
@@ -82,9 +82,9 @@ def _unpaired(dataset, source: str, d):
     out = {name: [] for name in UNPAIRED}
     for row, (prompt, completion, label) in enumerate(zip(dataset[d.prompt_column], dataset[d.completion_column],
                                                           dataset[d.label_column]), 1):
-        prompt = _value(prompt, d.prompt_column, source, row)
-        completion = _value(completion, d.completion_column, source, row)
-        prompt, completion = _as_chats(prompt, completion)
+        prompt = cell_value(prompt, d.prompt_column, source, row)
+        completion = cell_value(completion, d.completion_column, source, row)
+        prompt, completion = as_chats(prompt, completion)
         if isinstance(label, bool):
             desirable = label
         elif csv and isinstance(label, str) and label.strip().lower() in _LABEL_TEXT:
@@ -112,7 +112,7 @@ def _shared_prompt(chosen, rejected, d, source: str, row: int):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def _value(value, column: str, source: str, row: int):
+def cell_value(value, column: str, source: str, row: int):
     """Non-empty text, or a non-empty list of {role, content} messages with text content."""
     if isinstance(value, str):
         if not value.strip():
@@ -131,7 +131,7 @@ def _value(value, column: str, source: str, row: int):
     raise UserError(f"{source}: row {row}: column '{column}' is {what}")
 
 
-def _as_chats(prompt, *completions):
+def as_chats(prompt, *completions):
     """All text, or all chats: a text prompt becomes the user's turn, a text completion the assistant's."""
     if not any(isinstance(v, list) for v in (prompt, *completions)):
         return (prompt, *completions)

@@ -72,18 +72,18 @@ class Reward(Task):
 
     def check_inputs(self, dataset, source: str) -> None:
         """Rows of prompt + completion (text, or message lists), each non-empty."""
-        from llmft.data.pairs import _value
+        from llmft.data.pairs import cell_value
 
         d = self.data_cfg
         for row, (prompt, completion) in enumerate(zip(dataset[d.prompt_column], dataset[d.completion_column]), 1):
-            _value(prompt, d.prompt_column, source, row)
-            _value(completion, d.completion_column, source, row)
+            cell_value(prompt, d.prompt_column, source, row)
+            cell_value(completion, d.completion_column, source, row)
 
     def tokenize(self, dataset, tokenizer):
         """Paired rows -> input_ids / attention_mask (prompt + chosen), rejected_input_ids /
         rejected_attention_mask (prompt + rejected), labels (each pair's margin: 0). Rows of prompt +
         completion (predict) -> input_ids / attention_mask."""
-        from llmft.data.pairs import _as_chats, pair_token_ids
+        from llmft.data.pairs import as_chats, pair_token_ids
 
         self.tokenizer = tokenizer
         d = self.data_cfg
@@ -94,7 +94,7 @@ class Reward(Task):
         sides = (zip(dataset["chosen"], dataset["rejected"]) if paired
                  else ([c] for c in dataset[d.completion_column]))
         for row, (prompt, completions) in enumerate(zip(prompts, sides), 1):
-            prompt, *completions = _as_chats(prompt, *completions)
+            prompt, *completions = as_chats(prompt, *completions)
             prompt_ids, parts, cut = pair_token_ids(prompt, completions, tokenizer, d.max_length,
                                                     source="data", row=row)
             rows["input_ids"].append(prompt_ids + parts[0])
@@ -219,11 +219,11 @@ def pair_metrics(scores) -> dict:
 
 def completion_lengths(pairs, tokenizer) -> list[tuple[int, int]]:
     """Each pair's (chosen, rejected) completion length in tokens, uncut (its EOS / end-of-turn included)."""
-    from llmft.data.pairs import _as_chats, pair_token_ids
+    from llmft.data.pairs import as_chats, pair_token_ids
 
     out = []
     for row, (prompt, chosen, rejected) in enumerate(zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]), 1):
-        prompt, chosen, rejected = _as_chats(prompt, chosen, rejected)
+        prompt, chosen, rejected = as_chats(prompt, chosen, rejected)
         _, parts, _ = pair_token_ids(prompt, [chosen, rejected], tokenizer, 10**9, source="data", row=row)
         out.append((len(parts[0]), len(parts[1])))
     return out
