@@ -79,30 +79,43 @@ def cpu_has_bf16() -> bool:
 PREFIX_MARK = "_llmft_prefix_cache"  # on the forward cache_as_past_key_values installed
 
 
+def peft_cache_name() -> str:
+    """The keyword PEFT hands the prefix to the model under: ``past_key_values`` before PEFT 0.22,
+    the installed transformers' own name (``cache`` from 5.24) after."""
+    import peft.import_utils
+
+    name = getattr(peft.import_utils, "get_transformers_cache_name", None)
+    return name() if name else "past_key_values"
+
+
 def cache_as_past_key_values(model):
-    """PEFT 0.21 hands the prefix to the model as ``past_key_values`` (a DynamicCache) and checks
-    the model's forward signature for that name; transformers 5 models take it as ``cache``. This
-    gives the model's forward that name and passes the prefix on as ``cache`` (PEFT's prefix
-    forward is otherwise used as is; in-repo because no PEFT release maps the two, peft #1962)."""
+    """PEFT calls the whole model with the prefix only when the model's forward signature names
+    PEFT's cache keyword (``peft_cache_name``); otherwise PEFT < 0.22 refuses and PEFT 0.22 runs the
+    backbone and the head by its own code (its own pooling, dropout and loss, not the model's).
+    transformers 5 task heads such as BertForSequenceClassification take the cache only through
+    ``**kwargs``. This gives the model's forward that keyword and passes the prefix on as ``cache``,
+    so every PEFT version runs the model's own forward (in-repo: no PEFT release does, peft #1962)."""
     original = model.forward
     params = inspect.signature(original).parameters
-    if "past_key_values" in params or getattr(original, PREFIX_MARK, False):
+    name = peft_cache_name()
+    if name in params or getattr(original, PREFIX_MARK, False):
         return model
     if "cache" not in params and not hasattr(model, getattr(model, "base_model_prefix", "")):
         return model
 
-    def forward(*args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
-            kwargs["cache"] = past_key_values
+    def forward(*args, **kwargs):
+        prefix = kwargs.pop(name, None)
+        if prefix is not None:
+            kwargs["cache"] = prefix
         return original(*args, **kwargs)
 
-    # the model's own parameters plus past_key_values: the Trainer keeps the data columns it names
+    # the model's own parameters plus PEFT's keyword: the Trainer keeps the data columns it names
     named = [q for q in params.values() if q.kind != q.VAR_KEYWORD]
-    extra = [inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)]
     forward.__signature__ = inspect.signature(original).replace(
         parameters=[*named, *extra, *[q for q in params.values() if q.kind == q.VAR_KEYWORD]])
     setattr(forward, PREFIX_MARK, True)
-    # why: PEFT's prefix forward passes past_key_values only to a model whose forward signature names it
+    # why: PEFT's prefix forward passes the prefix only to a model whose forward signature names it
     model.forward = forward  # this instance only: PEFT reads the signature of this bound forward
     return model
 

@@ -396,8 +396,10 @@ def tiny_bert_classifier():
 
 
 def test_peft_prefix_reaches_the_model_through_the_renamed_forward():
-    """PEFT passes the prefix as past_key_values only to a forward whose signature names it; the
-    replaced forward hands it on as ``cache``, and the prefix changes the logits."""
+    """PEFT calls the model's own forward with the prefix only when its signature names PEFT's cache
+    keyword (past_key_values before PEFT 0.22, cache after); BERT's classifier takes it only through
+    **kwargs, so PEFT < 0.22 refuses and PEFT 0.22 bypasses the model's forward. The replaced forward
+    names the keyword, hands the prefix on as ``cache``, and the prefix changes the logits."""
     import torch
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
@@ -413,10 +415,14 @@ def test_peft_prefix_reaches_the_model_through_the_renamed_forward():
     spy.__signature__ = inspect.signature(plain)
     model.forward = spy
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)
-    with pytest.raises(ValueError, match="past key values"):  # what the rename is for
-        get_peft_model(copy.deepcopy(tiny_bert_classifier()), config)(input_ids=torch.tensor([[5, 6, 7]]))
+    if hf_private.peft_cache_name() == "past_key_values":
+        with pytest.raises(ValueError, match="past key values"):  # what the rename is for
+            get_peft_model(copy.deepcopy(model), config)(input_ids=torch.tensor([[5, 6, 7]]))
+    else:
+        get_peft_model(copy.deepcopy(model), config)(input_ids=torch.tensor([[5, 6, 7]]))
+        assert received == []  # PEFT ran the backbone and the head itself, not the model's forward
     peft_model = get_peft_model(hf_private.cache_as_past_key_values(model), config)
-    assert "past_key_values" in inspect.signature(peft_model.base_model.forward).parameters
+    assert hf_private.peft_cache_name() in inspect.signature(peft_model.base_model.forward).parameters
     assert hf_private.cache_as_past_key_values(peft_model.base_model) is peft_model.base_model  # once only
     inputs = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     with torch.no_grad():
