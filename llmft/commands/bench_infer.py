@@ -4,8 +4,9 @@ in one run on the same eval split against the fp32 original.
     model_dir -> fp32 model (adapters merged) -> each variant (an export format that bench-infer can
         time, converted by its entry in llmft/models/formats.py into a temp folder; ONNX ones run by
         ONNX Runtime with torch's thread count) and each student model -> size on disk, task metrics,
-        latency p50/p95 at batch 1, throughput at batch_size -> table (printed), inference_report.md,
-        results.json
+        latency p50/p95 at batch 1, throughput at batch_size -> the fastest row within
+        accuracy_tolerance of fp32's primary metric, for this CPU (its name and flags beside it) ->
+        table (printed), inference_report.md, results.json
 
 Every variant sees the same tokenized examples in the same order; timings exclude warm-up.
 """
@@ -73,17 +74,23 @@ def main(cfg, run_path: str | Path) -> dict:
     for row in rows:
         row["throughput_x"] = round(row["throughput_ex_s"] / base["throughput_ex_s"], 2)
         row["metric_delta"] = round(row[task.primary_metric] - base[task.primary_metric], 4)
-    table = render(rows, task.primary_metric, task.loop_metric_names)
+    from llmft.runtime.cpu_features import describe
+
+    fastest = {**(choose(rows, cfg.accuracy_tolerance) or {}), "accuracy_tolerance": cfg.accuracy_tolerance,
+               "metric": task.primary_metric, "batch_size": cfg.batch_size, "cpu": describe()}
+    table = render(rows, task.primary_metric, task.loop_metric_names, fastest.get("variant"))
+    summary = fastest_line(fastest, base["variant"])
     console.print(table)
+    console.print(summary)
     from llmft.runtime.ownership import atomic_write
 
     run = Path(run_path)
     atomic_write(run / "inference_report.md",
         f"# Inference variants of {model_dir}\n\n{len(features)} eval examples; latency at batch 1 over "
         f"{cfg.latency_examples} examples, throughput at batch {cfg.batch_size}; "
-        f"{torch.get_num_threads()} CPU threads.\n\n{table}\n")
+        f"{torch.get_num_threads()} CPU threads.\n\n{table}\n\n{summary}\n")
     results = {"status": "completed", "model_dir": str(model_dir), "primary_metric": task.primary_metric,
-               "eval_examples": len(features), "variants": rows}
+               "eval_examples": len(features), "variants": rows, "fastest": fastest}
     from llmft.runtime.run_dir import dumps
 
     atomic_write(run / "results.json", dumps(results, indent=2) + "\n")
@@ -159,14 +166,34 @@ def measure(model, task, features, collate, cfg) -> dict:
             "throughput_ex_s": round(sum(len(b) for b in batches) / seconds, 1)}
 
 
-def render(rows: list[dict], primary: str, metric_names) -> str:
+def choose(rows: list[dict], tolerance: float) -> dict | None:
+    """The row with the highest throughput among those whose ``metric_delta`` (against the first,
+    fp32) is within ``tolerance``: {"variant", "throughput_x", "metric_delta"}. Equal throughputs:
+    the smaller |delta|, then the earlier row (fp32 before any variant). None: no rows."""
+    within = [(i, r) for i, r in enumerate(rows) if abs(r["metric_delta"]) <= tolerance + 1e-12]  # rounded deltas
+    if not within:
+        return None
+    _, best = min(within, key=lambda ir: (-ir[1]["throughput_ex_s"], abs(ir[1]["metric_delta"]), ir[0]))
+    return {k: best[k] for k in ("variant", "throughput_x", "metric_delta")}
+
+
+def fastest_line(fastest: dict, reference: str) -> str:
+    cpu = fastest["cpu"]
+    where = f"{cpu['name']} ({', '.join(cpu['flags']) or 'no AVX2'})"
+    return (f"fastest within {fastest['accuracy_tolerance']} {fastest['metric']} of {reference} on {where}: "
+            f"{fastest['variant']}, {fastest['throughput_x']:.2f}x {reference} at batch {fastest['batch_size']}, "
+            f"{fastest['metric']} {fastest['metric_delta']:+.4f}")
+
+
+def render(rows: list[dict], primary: str, metric_names, fastest: str | None = None) -> str:
     metrics = [m for m in metric_names if m in rows[0]]
-    head = ["variant", "size MB", *metrics, f"d{primary}", "p50 ms (b=1)", "p95 ms (b=1)", "ex/s (b=32)", "x fp32"]
+    head = ["variant", "size MB", *metrics, f"d{primary}", "p50 ms (b=1)", "p95 ms (b=1)", "ex/s (b=32)", "x fp32",
+            "fastest"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"], f"{r['size_mb']:.1f}", *(f"{r[m]:.4f}" for m in metrics), f"{r['metric_delta']:+.4f}",
                  f"{r['latency_p50_ms']:.2f}", f"{r['latency_p95_ms']:.2f}", f"{r['throughput_ex_s']:.1f}",
-                 f"{r['throughput_x']:.2f}"]
+                 f"{r['throughput_x']:.2f}", "yes" if r["variant"] == fastest else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,3 +215,7 @@ def validate(cfg) -> None:
             entry.requires(f"variants=[{entry.name}...]")
     for key in ("latency_examples", "throughput_examples", "batch_size"):
         require(cfg[key] >= 1, key, f"must be >= 1 (got {cfg[key]})")
+    tolerance = cfg.accuracy_tolerance
+    require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 <= tolerance <= 1,
+            "accuracy_tolerance", f"the largest |metric - fp32's| the fastest row may have, in [0, 1] "
+            f"(got {tolerance})")

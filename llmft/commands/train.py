@@ -30,6 +30,7 @@ from llmft.runtime import throughput
 from llmft.runtime.preemption import PREEMPTION
 from llmft.runtime.results import completed, run_identity
 from llmft.runtime.manifest import write_manifest
+from llmft.runtime.precision import record as precision_record, resolve as resolve_precision
 from llmft.runtime.run_dir import Preempted, RunDir, SaveOnPreemption, fingerprint
 from llmft.runtime.trainer import (build_trainer, finish_tracker, start_tracker, tracker_callbacks,
                                    training_arguments)
@@ -92,10 +93,11 @@ def run_once(cfg, run_path: str | Path, callbacks=(), extra_train=None, report: 
     (pseudo-labels); ``report``: what the stages before this one did, for results.json."""
     run = Run(cfg, RunDir(run_path), started=time.perf_counter(), extra_train=extra_train, callbacks=[*callbacks])
     lead = is_rank_zero()  # rank 0 alone writes the run folder, logs and the tracker
-    run.ds_config = deepspeed_config(cfg)
     run.ident = fingerprint(cfg)
     run.resume_from = run.dir.resume_checkpoint(cfg.train.resume, run.ident, world_size(cfg.hardware),
                                                 cfg.hardware.zero_stage)
+    resolve_precision(cfg.hardware, run.resume_from, announce=lead)  # auto: fixed here for the whole run
+    run.ds_config = deepspeed_config(cfg)
     if lead:
         run.dir.set_aside_other_runs(cfg.train.resume, run.ident)
     # model/ of this very config is complete (killed while evaluating, or rerun as it was): evaluate it only
@@ -233,7 +235,7 @@ def evaluate_run(run: Run) -> tuple[dict, list[dict]]:
         warnings=task.warnings(metrics, baseline, records),  # learned nothing useful? (report marks it)
         train=record["train"],
         hardware={"name": cfg.hardware.name, "world_size": world_size(cfg.hardware),
-                  "zero_stage": cfg.hardware.zero_stage, "precision": cfg.hardware.precision},
+                  "zero_stage": cfg.hardware.zero_stage, **precision_record(cfg.hardware)},
         memory=memory_figures(),
         params=record["params"],
         strategy_report=record["strategy_report"],
@@ -286,5 +288,6 @@ def train_summary(trainer, trained, resume_step: int) -> dict:
         "samples_per_s": round(trained.metrics["train_samples_per_second"], 2),
         "tokens_seen": int(trainer.state.num_input_tokens_seen),  # real (non-padding) tokens, all processes
         "tokens_per_s": round(tokens / runtime, 1) if runtime else 0.0,
+        "precision": dtype,  # what this session trained in (hardware.precision=auto resolved)
         **throughput.summary(trainer.model, trainer.tokens, runtime, args.device.type, dtype),
     }

@@ -198,7 +198,9 @@ class StrategyConfig:
 class HardwareConfig:
     name: str = MISSING
     accelerator: str = choice("auto", "cpu", "cuda")
-    precision: str = choice("fp32", "bf16", "fp16")
+    # auto: bf16 where the device multiplies bf16 natively (CUDA with bf16, a CPU with AVX512-BF16 or
+    # AMX), else fp32; resolved at the run's start (runtime/precision.py), recorded in results.json
+    precision: str = choice("fp32", "bf16", "fp16", "auto")
     nproc_per_node: int = 1  # processes (ranks) per node; > 1 and llmft starts them itself
     nnodes: int = 1  # nodes (multi-node runs start from SLURM or your launcher)
     zero_stage: int = 0  # DeepSpeed ZeRO: 0 = plain DDP (no DeepSpeed), 1, 2, 3
@@ -373,6 +375,9 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     neftune_alpha: float = 0.0  # NEFTune: noise on the input embeddings while training (SFT); 0: off
+    # causal LM training: the head and loss computed this many labelled tokens at a time, never the full
+    # [tokens x vocab] logits (techniques/loss_chunks.py); null: 1024 where exact (sft); 0: off
+    loss_chunk_tokens: Optional[int] = None
     l1: float = 0.0  # L1 penalty: + l1 * sum |w| over the trainable weights (l1_to=pretrained: |w - w_0|); 0: off
     l1_to: str = choice("zero", "pretrained")
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
@@ -489,6 +494,8 @@ class BenchInferRunConfig:
     latency_examples: int = 100  # single examples timed at batch 1 (after 5 warm-up)
     batch_size: int = 32  # throughput batch
     throughput_examples: int = 512  # eval examples timed at batch_size (after one warm-up batch)
+    # the fastest row whose primary metric is within this of fp32's (absolute) is marked fastest
+    accuracy_tolerance: float = 0.01
     trust_remote_code: bool = False  # run code shipped with the model (auto_map): only when asked here
     seed: int = 42
     print_config: bool = False

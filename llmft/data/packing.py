@@ -9,12 +9,14 @@ so the labels count the same response tokens as padded batches and the loss keep
 What keeps the sequences apart is the attention implementation reading the restarts in
 ``position_ids``:
 
-- ``sdpa``, ``eager`` (CPU and GPU) and ``flex_attention``: masking_utils.create_causal_mask finds
+- ``sdpa`` is switched, in memory, to llmft/models/packed_attention.py (``prepare_model``): sdpa on
+  each sequence's slice of the row, no [total, total] mask; the saved config keeps ``sdpa``.
+- ``eager`` (CPU and GPU) and ``flex_attention``: masking_utils.create_causal_mask finds
   the packed sequences from the position ids (``find_packed_sequence_indices``) and builds a
   block-diagonal causal mask, but only without a 2D attention mask and without a KV cache. A
   training forward with ``use_cache=True`` (the config default of most causal LMs) creates an
   empty cache and skips that detection, so every packed batch carries ``use_cache=False``.
-  sdpa/eager materialise a [total, total] mask: memory grows with (batch x length)^2.
+  eager materialises a [total, total] mask: memory grows with (batch x length)^2.
 - ``flash_attention_2`` / ``_3`` (GPU): varlen kernels from the position ids
   (modeling_flash_attention_utils._is_packed_sequence): no mask, no cross-sequence work.
 - anything else (a custom kernel, remote code that builds its own mask) may attend across the
@@ -26,10 +28,11 @@ Rows without labels (what the retention report embeds) are padded as usual: pack
 from __future__ import annotations
 
 from llmft.core.errors import UserError, require
+from llmft.models.packed_attention import NAME as PACKED_SDPA
 from llmft.runtime.hf_private import attention_implementation
 
 IGNORE = -100
-HONOURING = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+HONOURING = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", PACKED_SDPA)
 TASKS = ("sft",)  # causal LM training on labelled sequences; other heads score whole padded rows
 
 
@@ -54,6 +57,17 @@ class PackingCollator:
         batch = self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         batch["use_cache"] = False  # a cache turns off masking_utils' packed-sequence detection
         return batch
+
+
+def prepare_model(model) -> None:
+    """sdpa per packed sequence where the model runs sdpa (models/packed_attention.py), then the probe."""
+    import logging
+
+    from llmft.models.packed_attention import use_for_packing
+
+    if use_for_packing(model):
+        logging.getLogger(__name__).info("data.packing: sdpa runs on each packed sequence (no [total, total] mask)")
+    check_model(model)
 
 
 def check_model(model) -> None:

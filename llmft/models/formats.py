@@ -10,8 +10,10 @@ the config checks stay instant.
     merged (default)  a LoRA / DoRA / IA3 adapter merged into its base, saved as a plain HF model
     bf16, fp16        the model (adapters merged first) in half precision, a plain HF folder
     int8              dynamic int8 quantization of the linear layers, in safetensors (models/precision.py)
-    onnx, onnx-int8   model.onnx for ONNX Runtime: fp32, or int8 by its quantizer (models/onnx.py);
-                      classification and NER (without a CRF) models
+    onnx, onnx-fused, onnx-int8
+                      model.onnx for ONNX Runtime: fp32 (standard ops, or ONNX Runtime's fused
+                      kernels), or int8 by its quantizer (models/onnx.py); classification and NER
+                      (without a CRF) models
 """
 from __future__ import annotations
 
@@ -108,13 +110,14 @@ _ONNX = dict(tasks=("classification", "ner"), timed=True, crf=False, backend="on
              requires=_require_onnxruntime)
 
 # the first is the default (export.format); onnx: the same fp32 math in other kernels, measured
-# ~1e-7; onnx-int8: int8 weights, like int8
+# ~1e-7; onnx-fused: the same, fused kernels; onnx-int8: int8 weights, like int8
 FORMATS = {f.name: f for f in (
     ExportFormat("merged", 1e-4, _merge, _load_hf_task, merges=True),
     ExportFormat("bf16", 5e-2, _precision("bf16"), _load_hf, timed=True),
     ExportFormat("fp16", 1e-2, _precision("fp16"), _load_hf, timed=True),
     ExportFormat("int8", 1e-1, _precision("int8"), _load_int8, timed=True, hf_folder=False, dtype="qint8"),
     ExportFormat("onnx", 1e-4, _onnx("onnx"), _load_onnx, dtype="float32", **_ONNX),
+    ExportFormat("onnx-fused", 1e-4, _onnx("onnx-fused"), _load_onnx, dtype="float32", **_ONNX),
     ExportFormat("onnx-int8", 1e-1, _onnx("onnx-int8"), _load_onnx, dtype="qint8", **_ONNX),
 )}
 REFERENCE = "fp32"  # bench-infer's baseline row: the model as trained (adapters merged)

@@ -1,14 +1,23 @@
-"""ONNX exports of a classifier or tagger, run with ONNX Runtime: ``onnx`` (fp32) and ``onnx-int8``.
+"""ONNX exports of a classifier or tagger, run with ONNX Runtime: ``onnx`` (fp32), ``onnx-fused``
+(fp32, ONNX Runtime's fused kernels) and ``onnx-int8``.
 
-    onnx       ``torch.onnx.export(dynamo=True)``: the fp32 graph with dynamic batch and sequence axes
-    onnx-int8  that graph through ONNX Runtime's transformer optimizer (its BERT fusions:
-               SkipLayerNormalization, BiasGelu; Attention does not fuse on dynamo graphs) and then
-               its quantizer (``quantize_dynamic``: int8 weights per channel, activations quantized
-               on the fly, MatMul and Gemm nodes)
+    onnx        ``torch.onnx.export(dynamo=True)``: the fp32 graph with dynamic batch and sequence axes,
+                standard ONNX ops only (any ONNX runtime reads it)
+    onnx-fused  that graph through onnxscript's ONNX Runtime fusions (``optimize_for_ort``:
+                SkipLayerNormalization, BiasGelu, MultiHeadAttention with the padding mask as its
+                bias): the same fp32 math in fewer kernels; com.microsoft ops, ONNX Runtime only
+    onnx-int8   the fused graph through ONNX Runtime's quantizer (``quantize_dynamic``: int8 weights
+                per channel, activations quantized on the fly, MatMul nodes); 7-bit weights
+                (``reduce_range``) on an x86 CPU without VNNI, where ONNX Runtime's U8S8 kernels
+                can saturate (its quantization docs), 8-bit elsewhere: chosen on the CPU that exports
+                and recorded in the graph's metadata (``llmft_int8``)
 
-Chosen by measurement on this project's CPU (MiniLM on the tweets, against fp32 PyTorch): fused
-then per channel was the fastest of the schemes tried (dynamic, per channel, QUInt8, static QDQ,
-fused then dynamic), each at close to fp32's accuracy.
+Why onnxscript's fusions: ONNX Runtime's own transformer optimizer fuses only SkipLayerNorm and
+BiasGelu on dynamo graphs (its Attention patterns are the TorchScript exporter's). Q, K and V stay
+three MatMuls (onnxscript's packed ``Attention`` is left out): quantize_dynamic leaves a packed
+Attention's weights in fp32. Measured on this project's CPU (MiniLM on the tweets, CPU seconds
+against fp32 PyTorch at batch 32): onnx 1.8x, the fused graph + int8 2.5-2.65x, the ORT optimizer's
++ int8 2.4x ([measurements](../../docs/measurements.md)).
 
 Why these exporters: optimum-onnx (optimum's exporter) pins transformers<4.58, and llmft runs on
 transformers 5. The legacy TorchScript exporter (``dynamo=False``) traces transformers 5's mask
@@ -27,9 +36,9 @@ from types import SimpleNamespace
 from llmft.core.errors import UserError
 
 ONNX_FILE = "model.onnx"
-FORMATS = ("onnx", "onnx-int8")
+FORMATS = ("onnx", "onnx-fused", "onnx-int8")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the graph takes, when the batch has it
-QUANTIZE = {"per_channel": True, "reduce_range": False}  # ONNX Runtime's dynamic quantization (see above)
+INT8_KEY = "llmft_int8"  # the graph's metadata entry: the quantizer settings and why
 
 
 def require_onnxruntime(key: str) -> None:
@@ -66,44 +75,84 @@ def save_onnx(model, batch: dict, fmt: str, out: Path) -> None:
     except Exception as err:  # the exporter's own errors are many pages long
         message = " ".join(str(err).split())[:300]
         raise UserError(f"format={fmt}: torch.onnx.export failed on {type(model).__name__}: {message}") from None
+    if fmt == "onnx":
+        return
+    fused = fuse(target, out / "model.fused.onnx")
     if fmt == "onnx-int8":
-        fused = fuse(target, model.config, out / "model.fused.onnx")
         quantize(fused, out / ONNX_FILE)
-        for scratch in {target, fused}:
-            scratch.unlink()
+    else:
+        fused.replace(out / ONNX_FILE)
+    for scratch in {target, fused}:
+        scratch.unlink(missing_ok=True)
 
 
-def fuse(source: Path, config, dest: Path) -> Path:
-    """ONNX Runtime's transformer optimizer over ``source`` (BERT fusions, no hardware-specific
-    rewrites: opt_level 0), saved to ``dest``; an architecture it cannot read stays as it was."""
+def fuse(source: Path, dest: Path) -> Path:
+    """onnxscript's ONNX Runtime fusions over ``source`` with Q, K and V left unpacked (see the module
+    doc), saved to ``dest``; a graph they cannot read stays as it was (they are an optimization)."""
     import logging
+    from unittest import mock
 
-    from onnxruntime.transformers.optimizer import optimize_model
+    import onnx_ir as ir
 
-    logging.disable(logging.WARNING)  # it reports every fusion it tried
+    logging.disable(logging.INFO)  # a line per initializer and rewrite (into the run's log)
     try:
-        optimized = optimize_model(str(source), model_type="bert", opt_level=0,
-                                   num_heads=getattr(config, "num_attention_heads", 0) or 0,
-                                   hidden_size=getattr(config, "hidden_size", 0) or 0)
-        optimized.save_model_to_file(str(dest))
-    except Exception:  # its fusions are an optimization: quantize the exporter's graph instead
+        from onnxscript.rewriter.ort_fusions import _core  # why private: the public entry packs Q, K, V
+
+        model = ir.load(str(source))
+        with mock.patch.object(_core, "fuse_attention", lambda model, debug=False: 0):
+            model, _ = _core.optimize_for_ort(model)
+        ir.save(model, str(dest))
+    except Exception:
         return source
     finally:
         logging.disable(logging.NOTSET)
     return dest
 
 
-def quantize(source: Path, dest: Path) -> None:
-    """ONNX Runtime's dynamic int8 quantization of ``source`` into ``dest``."""
+def int8_settings(cpu: dict) -> dict:
+    """quantize_dynamic's settings for a CPU (runtime/cpu_features.describe): per channel, and 7-bit
+    weights where ONNX Runtime's docs ask for them (x86 without VNNI: U8S8 can saturate)."""
+    from llmft.runtime.cpu_features import x86
+
+    seven_bit = x86(cpu["machine"]) and not cpu["vnni"]
+    why = ("x86 without VNNI: 7-bit weights, so U8S8 does not saturate" if seven_bit
+           else "VNNI: 8-bit weights" if cpu["vnni"] else "not x86: 8-bit weights")
+    return {"per_channel": True, "reduce_range": seven_bit, "why": f"{why} ({cpu['name']})"}
+
+
+def quantize(source: Path, dest: Path, cpu: dict | None = None) -> dict:
+    """ONNX Runtime's dynamic int8 quantization of ``source`` into ``dest`` with the settings for
+    ``cpu`` (default: this one), recorded in dest's metadata; returns them."""
+    import json
     import logging
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from llmft.runtime.cpu_features import describe
+
+    settings = int8_settings(cpu or describe())
     logging.disable(logging.WARNING)  # a line per tensor it leaves in fp32 (on the root logger)
     try:
-        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, **QUANTIZE)
+        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, per_channel=settings["per_channel"],
+                         reduce_range=settings["reduce_range"])
     finally:
         logging.disable(logging.NOTSET)
+    graph = onnx.load(str(dest))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props},
+                                        INT8_KEY: json.dumps(settings)})
+    onnx.save(graph, str(dest))
+    return settings
+
+
+def int8_record(path: Path) -> dict | None:
+    """The quantizer settings an onnx-int8 export recorded (None: not one, or from an older llmft)."""
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(props[INT8_KEY]) if INT8_KEY in props else None
 
 
 class OnnxModel:
@@ -117,7 +166,7 @@ class OnnxModel:
         path = Path(path)
         if not (path / ONNX_FILE).is_file():
             raise UserError(f"model_dir={path}: no {ONNX_FILE}; export one: llmft export model_dir=RUN/model "
-                            f"export.format=onnx (or onnx-int8)")
+                            f"export.format=onnx (or onnx-fused, onnx-int8)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()  # the same threads as torch
         options.inter_op_num_threads = 1

@@ -262,9 +262,12 @@ def deepspeed_config(cfg) -> dict | None:
     """The DeepSpeed config for ``hardware.zero_stage`` > 0, every value concrete (no "auto"):
     batch sizes, clipping and precision from the train config, ZeRO settings from hardware.
     The optimizer and schedule stay the Trainer's (the strategy's parameter groups included)."""
+    from llmft.runtime.precision import precision
+
     hw, t = cfg.hardware, cfg.train
     if hw.zero_stage == 0:
         return None
+    used = precision(hw)  # auto: as the run resolved it
     zero = {"stage": hw.zero_stage, "overlap_comm": hw.accelerator != "cpu", "contiguous_gradients": True}
     if hw.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # model/ holds full weights
@@ -280,8 +283,8 @@ def deepspeed_config(cfg) -> dict | None:
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.batch_size * t.grad_accum * world_size(hw),
         "gradient_clipping": t.max_grad_norm,
-        "bf16": {"enabled": hw.precision == "bf16"},
-        "fp16": {"enabled": hw.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": used == "bf16"},
+        "fp16": {"enabled": used == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "zero_optimization": zero,
         "steps_per_print": 10**9,  # the Trainer logs
         "wall_clock_breakdown": False,

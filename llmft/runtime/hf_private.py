@@ -63,6 +63,49 @@ class TrainerPrivates:
         return self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
 
 
+def unwrap_without_deepspeed() -> None:
+    """accelerate's unwrap_model (the Trainer calls it at init and at each save) imports DeepSpeed
+    (~1.3 s) whenever it is installed, only to test whether the model is a DeepSpeedEngine."""
+    # why: no model is a DeepSpeedEngine before DeepSpeed is imported (a ZeRO run imports it when it
+    # wraps the model), so the check asks for the package only once it is loaded: runs without ZeRO
+    # never import it. Guarded: tests/e2e/test_startup.py.
+    import sys
+
+    from accelerate.utils import other
+
+    installed = other.is_deepspeed_available
+    if getattr(installed, "only_once_imported", False):
+        return
+
+    def is_deepspeed_available() -> bool:
+        return "deepspeed" in sys.modules and installed()
+
+    is_deepspeed_available.only_once_imported = True
+    other.is_deepspeed_available = is_deepspeed_available
+
+
+def peft_without_bitsandbytes() -> None:
+    """PEFT's tuners import bitsandbytes (~1.5 s) whenever it is installed, only to test whether a
+    layer they wrap is one of its quantized layers; PEFT has no setting to skip that."""
+    # why: no layer is a bitsandbytes layer before bitsandbytes is imported (QLoRA's 4-bit load
+    # imports it), so the tests ask for the package only once it is loaded: LoRA on a plain base
+    # never imports it. Call before PEFT wraps or loads; guarded: tests/e2e/test_startup.py.
+    import sys
+
+    import peft.import_utils as imports
+
+    for name in ("is_bnb_available", "is_bnb_4bit_available"):
+        installed = getattr(imports, name)
+
+        def loaded(installed=installed) -> bool:
+            return "bitsandbytes" in sys.modules and installed()
+
+        for module in list(sys.modules.values()):
+            if (getattr(module, "__name__", "").startswith("peft.") and module is not imports
+                    and getattr(module, name, None) is installed):
+                setattr(module, name, loaded)
+
+
 def attention_implementation(config) -> str | None:
     """The attention kernel a model's config selects (``sdpa``, ``eager``, ...); None: no config."""
     # why: transformers keeps the resolved choice only under this name

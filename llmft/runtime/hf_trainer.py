@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from llmft.core.errors import NonFinite, UserError
-from llmft.runtime.hf_private import TrainerPrivates
+from llmft.runtime.hf_private import TrainerPrivates, unwrap_without_deepspeed
 from llmft.runtime.split_loss import SplitLoss, row_losses
 from llmft.runtime.throughput import TokenCounter
 
@@ -36,6 +36,7 @@ class LlmftTrainer(TrainerPrivates, Trainer):
         self._terms = {}  # loss term -> (sum, count) since the last log
         self._split_loss = None  # during an evaluation: the split's summed loss and target count
         self.tokens = TokenCounter()
+        unwrap_without_deepspeed()
         super().__init__(*args, **kwargs)
         self.own_loss_normalisation(task.loss_counts_tokens and loss_objective is None)
 
@@ -48,7 +49,10 @@ class LlmftTrainer(TrainerPrivates, Trainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # a resume, and the best checkpoint loaded at the end: DeepSpeed's loader unpickles anything
-        with weights_only_loads(str(resume_from_checkpoint or self.args.output_dir)):
+        # only the classes this run's optimizer saves: importing DeepSpeed or GaLore (bitsandbytes) costs seconds
+        optim = str(getattr(self.args.optim, "value", self.args.optim))
+        with weights_only_loads(str(resume_from_checkpoint or self.args.output_dir), deepspeed=bool(self.args.deepspeed),
+                                low_rank=optim.startswith(("galore", "apollo"))):
             return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def check_grad_norm(self, grad_norm):
@@ -223,18 +227,20 @@ def deepspeed_saved_classes() -> list:
 
 
 @contextlib.contextmanager
-def weights_only_loads(checkpoint: str):
+def weights_only_loads(checkpoint: str, deepspeed: bool = True, low_rank: bool = True):
     """Every ``torch.load`` inside unpickles only tensors, plain containers and what DeepSpeed
     saves: its loader asks for ``weights_only=False`` (a checkpoint folder received from someone
     else could run code); torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides the call site. Anything
-    else in a checkpoint is refused in one line, unloaded."""
+    else in a checkpoint is refused in one line, unloaded. ``deepspeed`` / ``low_rank``: allow
+    DeepSpeed's / GaLore's and APOLLO's classes (False: their packages are not imported)."""
     import pickle
 
-    try:
-        allowed = deepspeed_saved_classes()
-    except ImportError:  # no DeepSpeed: the Trainer's own loads are weights-only already
-        allowed = []
-    allowed += low_rank_projectors()
+    allowed = []
+    if deepspeed:
+        with contextlib.suppress(ImportError):  # no DeepSpeed: the Trainer's own loads are weights-only already
+            allowed = deepspeed_saved_classes()
+    if low_rank:
+        allowed += low_rank_projectors()
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:

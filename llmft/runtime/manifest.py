@@ -141,7 +141,9 @@ def hardware(cfg) -> dict:
     if hasattr(os, "sched_getaffinity"):
         facts["cores_usable"] = len(os.sched_getaffinity(0))
     if hw is not None:
-        facts.update(world_size=world_size(hw), precision=hw.precision, accelerator=hw.accelerator,
+        from llmft.runtime.precision import known
+
+        facts.update(world_size=world_size(hw), precision=known(hw), accelerator=hw.accelerator,
                      zero_stage=hw.zero_stage)
     if "torch" in sys.modules:  # a training run has it loaded; validation never pays for it
         import torch

@@ -295,7 +295,10 @@ class MarkCompleteCheckpoints(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 fsync_tree(folder)  # on disk before the marker says it is complete
-                atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size}))
+                # precision: what a resumed hardware.precision=auto run keeps (runtime/precision.py)
+                precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+                atomic_write(folder / CHECKPOINT_DONE, dumps({**self.marker, "world_size": args.world_size,
+                                                              "precision": precision}))
                 prune_checkpoints(folder.parent, args.save_total_limit, state.best_model_checkpoint)
 
 

@@ -53,13 +53,20 @@ def row_losses(kind: str, outputs, inputs: dict, model=None):
         return loss, torch.ones_like(loss)
     if kind not in ("causal", "token"):
         raise ValueError(f"unknown loss kind {kind!r} (one of {KINDS})")
-    if logits.size(1) > labels.size(1):  # prompt learning prepends virtual tokens: they carry no label
-        labels = F.pad(labels, (logits.size(1) - labels.size(1), 0), value=IGNORE)
+    # a chunked causal loss (models/chunked_loss.py) computed no logits: it hands each position's loss over
+    token_losses = getattr(model, "last_token_losses", None) if model is not None and kind == "causal" else None
+    if token_losses is not None:
+        model.last_token_losses = None
+    width = logits.size(1) if token_losses is None else token_losses.size(1)
+    if width > labels.size(1):  # prompt learning prepends virtual tokens: they carry no label
+        labels = F.pad(labels, (width - labels.size(1), 0), value=IGNORE)
     if kind == "causal":  # the logits at t score the token at t + 1
         logits, labels = logits[:, :-1], labels[:, 1:]
-    # one row at a time: a float copy of the whole batch's vocabulary scores is not needed at once
-    per_token = torch.stack([F.cross_entropy(row.float(), target, ignore_index=IGNORE, reduction="none")
-                             for row, target in zip(logits, labels)]).double()
+    if token_losses is not None:  # shaped like the shifted labels (their last column: the pad)
+        per_token = token_losses[:, :-1].double()
+    else:  # one row at a time: a float copy of the whole batch's vocabulary scores is not needed at once
+        per_token = torch.stack([F.cross_entropy(row.float(), target, ignore_index=IGNORE, reduction="none")
+                                 for row, target in zip(logits, labels)]).double()
     mask = labels != IGNORE
     per_token = per_token.masked_fill(~mask, 0.0)
     positions = inputs.get("position_ids")

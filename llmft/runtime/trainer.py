@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmft.runtime.distributed import is_launched
-from llmft.runtime.hf_private import cpu_has_bf16
 from llmft.core.errors import UserError, require, require_one_of
 
 
@@ -23,10 +22,15 @@ def use_cpu(hardware) -> bool:
 
 
 def precision_flags(hardware) -> dict:
-    if hardware.precision == "bf16" and use_cpu(hardware) and not cpu_has_bf16():
+    """TrainingArguments' bf16 / fp16 for the run's precision (auto resolved: runtime/precision.py)."""
+    from llmft.runtime import hf_private
+    from llmft.runtime.precision import precision
+
+    if hardware.precision == "bf16" and use_cpu(hardware) and not hf_private.cpu_has_bf16():
         raise UserError("hardware.precision=bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); "
-                        "use hardware.precision=fp32")
-    return {"bf16": hardware.precision == "bf16", "fp16": hardware.precision == "fp16"}
+                        "use hardware.precision=fp32 (or auto: bf16 where the device has it)")
+    used = precision(hardware)
+    return {"bf16": used == "bf16", "fp16": used == "fp16"}
 
 
 TORCH_SCHEDULERS = ("one_cycle", "cyclic")

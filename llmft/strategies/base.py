@@ -122,6 +122,9 @@ class Strategy:
         if (model_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
+            from llmft.runtime.hf_private import peft_without_bitsandbytes
+
+            peft_without_bitsandbytes()
             base = load_model(meta["base_model"], task, tokenizer, trust_remote_code,
                               **revision_kwargs(meta.get("revision")), **cls.base_load_kwargs(meta), **load_kwargs)
             return PeftModel.from_pretrained(cls.adapt_base(base), str(model_dir))
@@ -183,6 +186,9 @@ def wrap_peft(model, peft_config):
     """PEFT's model around ``model``; PEFT's target-module errors as one line."""
     from peft import get_peft_model
 
+    from llmft.runtime.hf_private import peft_without_bitsandbytes
+
+    peft_without_bitsandbytes()
     try:
         return get_peft_model(model, peft_config)
     except ValueError as err:

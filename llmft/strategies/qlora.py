@@ -38,7 +38,9 @@ class QLoRA(LoRA):
     def quantization(self) -> dict:
         dtype = self.cfg.compute_dtype
         if dtype == "auto":
-            dtype = "bf16" if self.run_cfg.hardware.precision == "bf16" else "fp32"
+            from llmft.runtime.precision import precision
+
+            dtype = "bf16" if precision(self.run_cfg.hardware) == "bf16" else "fp32"
         return {"quant_type": self.cfg.quant_type, "double_quant": self.cfg.double_quant, "compute_dtype": dtype,
                 "skip_modules": list(self.cfg.skip_modules)}
 

@@ -43,9 +43,10 @@ class Classification(Task):
                             f"write them as text (\"1\", \"2.5\")")
         names = getattr(dataset.features[d.label_column], "names", None)  # hub ClassLabel: ids of these names
         if names:  # -1: a split without labels (e.g. GLUE's test sets), never the last name
-            values = [names[v] if v is not None and 0 <= v < len(names) else None for v in dataset[d.label_column]]
+            values = [names[v] if v is not None and 0 <= v < len(names) else None for v in dataset[d.label_column][:]]
         else:
-            values = [None if v is None else str(v).strip() for v in dataset[d.label_column]]
+            # [:]: one list; iterating datasets' Column formats each row apart (~2.5 s per pass over 38k rows)
+            values = [None if v is None else str(v).strip() for v in dataset[d.label_column][:]]
         empty = next((i for i, v in enumerate(values) if not v), None)
         if empty is not None:
             raise UserError(f"{source}: row {empty + 1}: no label in column '{d.label_column}' (empty, or -1)")
@@ -62,7 +63,7 @@ class Classification(Task):
                 )
         for column in (d.text_column, d.text_pair_column):
             if column:
-                texts = dataset[column]
+                texts = dataset[column][:]
                 bad = next((i for i, t in enumerate(texts) if t is None or (isinstance(t, str) and not t.strip())), None)
                 if bad is not None:
                     raise UserError(f"{source}: row {bad + 1}: column '{column}' is empty")

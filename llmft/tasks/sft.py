@@ -172,9 +172,9 @@ class SFT(Task):
 
     def wrap(self, model, param_groups, model_cfg) -> tuple:
         if getattr(self.data_cfg, "packing", False):
-            from llmft.data.packing import check_model
+            from llmft.data.packing import prepare_model
 
-            check_model(model)  # its attention keeps packed sequences apart, or a one-line refusal
+            prepare_model(model)  # sdpa per packed sequence; the probe: apart, or a one-line refusal
         return model, param_groups
 
     # ------------------------------------------------------------ evaluation

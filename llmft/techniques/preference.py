@@ -133,7 +133,9 @@ def precompute(model, dataset, collator, batch_size: int, hardware):
         model.encoder.to(device)
     was_training = model.training
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(hardware.precision)
+    from llmft.runtime.precision import precision
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(hardware))
     from llmft.models.preference_losses import completion_logps
 
     def score(input_ids, attention_mask, completion_mask):

@@ -136,12 +136,21 @@ def test_onnx_ner_export_and_predict(tmp_path, tiny_bert, ner_data):
 
 def test_bench_infer_onnx_rows(tmp_path, trained):
     run_dir = tmp_path / "bench"
-    proc = run_cli("bench-infer", f"model_dir={trained}", "variants=[fp32,onnx,onnx-int8]", "latency_examples=10",
-                   f"hydra.run.dir={run_dir}")
+    proc = run_cli("bench-infer", f"model_dir={trained}", "variants=[fp32,onnx,onnx-fused,onnx-int8]",
+                   "latency_examples=10", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((run_dir / "results.json").read_text())["variants"]
-    assert [r["variant"] for r in rows] == ["fp32", "onnx", "onnx-int8"]
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = results["variants"]
+    assert [r["variant"] for r in rows] == ["fp32", "onnx", "onnx-fused", "onnx-int8"]
     assert all(r["latency_p95_ms"] >= r["latency_p50_ms"] > 0 and r["throughput_ex_s"] > 0 for r in rows)
-    assert rows[1]["metric_delta"] == 0 and abs(rows[2]["metric_delta"]) <= 0.1
-    assert rows[2]["size_mb"] < rows[1]["size_mb"]
-    assert "| onnx-int8 |" in (run_dir / "inference_report.md").read_text()
+    assert rows[1]["metric_delta"] == rows[2]["metric_delta"] == 0 and abs(rows[3]["metric_delta"]) <= 0.1
+    assert rows[3]["size_mb"] < rows[1]["size_mb"]
+    report = (run_dir / "inference_report.md").read_text()
+    assert "| onnx-int8 |" in report
+    # the pick: the fastest row within accuracy_tolerance (0.01) of fp32, with this CPU's name beside it
+    fastest = results["fastest"]
+    within = [r for r in rows if abs(r["metric_delta"]) <= 0.01]
+    assert fastest["variant"] == max(within, key=lambda r: r["throughput_ex_s"])["variant"]
+    assert fastest["accuracy_tolerance"] == 0.01 and fastest["cpu"]["name"] and "flags" in fastest["cpu"]
+    assert f"fastest within 0.01 accuracy of fp32 on {fastest['cpu']['name']}" in report
+    assert "yes |" in next(line for line in report.splitlines() if line.startswith(f"| {fastest['variant']} |"))

@@ -3,6 +3,8 @@ and each sequence's own logits (no attention across a boundary), the response-on
 survive, a real run trains to the unpacked run's eval loss, and what cannot pack is refused."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import assert_user_error, read_jsonl, read_results, run_cli
 
@@ -148,6 +150,9 @@ def test_packed_run_trains_like_the_padded_one(tmp_path, tiny_chat_llama, sft_da
     assert train["tokens_seen"] == results[False]["train"]["tokens_seen"]
     if "real_token_fraction" in train:  # runtime/throughput.py
         assert train["real_token_fraction"] == 1.0 >= results[False]["train"]["real_token_fraction"]
+    # trained with sdpa per packed sequence (models/packed_attention.py), saved with the standard name
+    saved = (tmp_path / "packing-True" / "model" / "config.json").read_text()
+    assert "packed" not in saved and json.loads(saved).get("attn_implementation") in (None, "sdpa")
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -57,7 +57,7 @@ def test_export_format_accepts_exactly_the_registry():
 
 def test_bench_infer_variants_are_the_timed_entries():
     assert formats.timed() == ["fp32", *(f.name for f in formats.FORMATS.values() if f.timed)]
-    assert formats.timed() == ["fp32", "bf16", "fp16", "int8", "onnx", "onnx-int8"]
+    assert formats.timed() == ["fp32", "bf16", "fp16", "int8", "onnx", "onnx-fused", "onnx-int8"]
     command_check("bench-infer", f"variants=[{','.join(filter(lambda v: v == 'fp32' or usable(v), formats.timed()))}]")
     with pytest.raises(UserError) as err:
         command_check("bench-infer", "variants=[fp32,merged]")
@@ -70,7 +70,7 @@ def test_task_restrictions_come_from_the_entries():
     with pytest.raises(UserError, match="format: onnx exports classification and ner models .*"
                                         r"format=bf16\|fp16\|int8 converts the others"):
         command_check("export", "format=onnx", "data=jsonl_seq2seq", "data.train_file=x.jsonl")
-    with pytest.raises(UserError, match="variants: onnx and onnx-int8 run classification and ner models"):
+    with pytest.raises(UserError, match="variants: onnx and onnx-fused and onnx-int8 run classification and ner models"):
         command_check("bench-infer", "variants=[fp32,onnx-int8]", "data=jsonl_seq2seq", "data.train_file=x.jsonl")
 
 
