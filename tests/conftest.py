@@ -306,6 +306,18 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def untrained_classifier(folder: Path, base: Path) -> Path:
+    """A classifier folder as training leaves it (weights, tokenizer, llmft.json), untrained."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    BertForSequenceClassification.from_pretrained(str(base), num_labels=len(LABELS)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    meta = {"task": "classification", "labels": LABELS, "crf": False, "strategy": "full",
+            "base_model": str(base), "trust_remote_code": False, "revision": None}
+    (folder / "llmft.json").write_text(json.dumps(meta))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_bert(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     """One finished training run of tiny BERT (its run folder), trained once per worker and shared

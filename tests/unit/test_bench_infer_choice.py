@@ -6,7 +6,7 @@ import importlib.util
 import json
 
 import pytest
-from conftest import LABELS, refused
+from conftest import LABELS, refused, untrained_classifier
 
 from llmft.commands.bench_infer import choose, fastest_line, render
 from llmft.models import formats
@@ -56,15 +56,7 @@ def test_the_table_and_the_line_name_the_pick_and_the_cpu():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tiny_bert, tiny_data):
     """A classifier folder as training leaves it (weights, tokenizer, llmft.json), untrained."""
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("run") / "model"
-    BertForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=len(LABELS)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
-    meta = {"task": "classification", "labels": LABELS, "crf": False, "strategy": "full",
-            "base_model": str(tiny_bert), "trust_remote_code": False, "revision": None}
-    (folder / "llmft.json").write_text(json.dumps(meta))
-    return folder
+    return untrained_classifier(tmp_path_factory.mktemp("run") / "model", tiny_bert)
 
 
 @pytest.mark.parametrize("value, says", [("-0.01", "in [0, 1] (got -0.01)"), ("1.5", "in [0, 1] (got 1.5)"),

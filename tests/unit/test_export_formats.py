@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
-from conftest import LABELS
+from conftest import untrained_classifier
 
 from llmft.cli import normalize_overrides
 from llmft.core.errors import UserError
@@ -151,15 +151,7 @@ def _load(offset: float):
 @pytest.fixture
 def saved_classifier(tmp_path, tiny_bert):
     """A classifier folder as training leaves it (weights, tokenizer, llmft.json), untrained."""
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    folder = tmp_path / "run" / "model"
-    BertForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=len(LABELS)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
-    meta = {"task": "classification", "labels": LABELS, "crf": False, "strategy": "full",
-            "base_model": str(tiny_bert), "trust_remote_code": False, "revision": None}
-    (folder / "llmft.json").write_text(json.dumps(meta))
-    return folder
+    return untrained_classifier(tmp_path / "run" / "model", tiny_bert)
 
 
 def test_a_new_entry_is_validated_exported_and_timed(monkeypatch, tmp_path, saved_classifier, tiny_data):
